@@ -1,0 +1,1 @@
+"""Reading and writing images, landmark CSV files and id lists."""

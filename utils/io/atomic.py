@@ -1,0 +1,50 @@
+"""Atomic file writing: a file is either the complete old one or the complete new one, never half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "write_json_atomic", "write_text_atomic"]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary sibling of `path` to write to; renames it over `path` when the block succeeds.
+
+    The temporary name keeps the suffix (e.g. `.mha`, `.nii.gz`, `.png`), because SimpleITK and matplotlib
+    choose the file format from it. On an exception the temporary file is deleted and `path` is untouched.
+
+    Args:
+        path: the final file path. Its parent folder is created if missing.
+
+    Yields:
+        The temporary path (in the same folder, so the final rename is atomic).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    temporary = Path(temporary)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` (UTF-8) to `path` atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Writes `obj` as indented JSON to `path` atomically. NaN is refused, since it is not valid JSON."""
+    write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
