@@ -1,0 +1,106 @@
+"""Gaussian heatmap targets for landmark localization.
+
+One heatmap channel per landmark, channels-last, in NumPy axis order ([z,] y, x, N). Landmark points are
+given in heatmap index coordinates (x, y[, z]): the centre of voxel (i_x, i_y) is the point (i_x, i_y).
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["TRUNCATE_SIGMAS", "gaussian_heatmaps"]
+
+TRUNCATE_SIGMAS = 5.0
+"""Along each axis, a Gaussian is set to zero further than this many sigmas from its centre.
+
+At 5 sigmas the dropped values are at most exp(-12.5) ~ 3.7e-6 of the peak.
+"""
+
+
+def gaussian_heatmaps(
+    points: np.ndarray,
+    shape: Sequence[int],
+    sigma: float | np.ndarray,
+    normalize: bool = False,
+) -> np.ndarray:
+    """Renders one isotropic Gaussian per landmark on a voxel grid.
+
+    Channel n holds ``exp(-|i - p_n|^2 / (2 sigma_n^2))`` at every voxel index i (peak 1), or that value
+    times ``(2 pi sigma_n^2)^(-dim / 2)`` with ``normalize=True`` (the continuous density, so the voxel sum
+    is 1 up to sampling and truncation errors). Each Gaussian is evaluated only in the box where every
+    coordinate is within ``TRUNCATE_SIGMAS * sigma_n`` of its centre, as separable 1D factors combined by
+    outer products; outside that box the channel is 0.
+
+    A landmark whose point contains NaN or lies more than half a voxel outside the grid along some axis
+    (coordinate < -0.5 or > size - 0.5) gets an all-zero channel.
+
+    Args:
+        points: (N, dim) landmark positions in heatmap index coordinates, order (x, y[, z]), dim = len(shape).
+            NaN rows mark missing landmarks.
+        shape: grid shape in NumPy order ([z,] y, x), 2 or 3 positive integers.
+        sigma: Gaussian standard deviation in heatmap voxels, a positive float for all landmarks or an (N,)
+            array, one per landmark.
+        normalize: if True, scale each Gaussian to unit integral instead of unit peak.
+
+    Returns:
+        float32 array of shape (*shape, N).
+
+    Raises:
+        ValueError: if ``shape`` is not 2 or 3 positive integers, ``points`` is not (N, dim), or ``sigma`` is
+            not positive and finite or has a length other than N.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise ValueError(f"shape must be 2 or 3 positive sizes ([z,] y, x), got {shape}")
+    dim = len(shape)
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != dim:
+        raise ValueError(f"points must have shape (N, {dim}) for the {dim}D grid {shape}, got {points.shape}")
+    num = points.shape[0]
+    sigmas = np.asarray(sigma, dtype=np.float64)
+    if sigmas.ndim == 0:
+        sigmas = np.full(num, float(sigmas))
+    elif sigmas.shape != (num,):
+        raise ValueError(f"sigma must be a float or have shape ({num},) for {num} points, got {sigmas.shape}")
+    if not np.all(np.isfinite(sigmas) & (sigmas > 0)):
+        raise ValueError(f"sigma must be positive and finite, got {sigma}")
+
+    heatmaps = np.zeros((*shape, num), dtype=np.float32)
+    sizes = np.array(shape[::-1])  # (x, y[, z]) order, like the points
+    with np.errstate(invalid="ignore"):
+        inside = np.all((points >= -0.5) & (points <= sizes - 0.5), axis=1)
+    channels = np.flatnonzero(inside)
+    if channels.size == 0:
+        return heatmaps
+    centers = points[channels]
+    sigmas = sigmas[channels]
+    cutoffs = TRUNCATE_SIGMAS * sigmas
+    radius = int(np.ceil(cutoffs.max() + 0.5))
+
+    # Per axis (x, y[, z]): a window of 2 * radius + 1 indices around the nearest voxel, shifted to lie inside
+    # the grid, so every index written is valid and distinct within a channel.
+    indices, factors = [], []
+    for axis in range(dim):
+        width = min(2 * radius + 1, sizes[axis])
+        nearest = np.floor(centers[:, axis] + 0.5).astype(np.int64)
+        start = np.clip(nearest - radius, 0, sizes[axis] - width)
+        index = start[:, None] + np.arange(width)  # (M, width)
+        distance = index - centers[:, axis, None]
+        factor = np.exp(-0.5 * (distance / sigmas[:, None]) ** 2)
+        factor[np.abs(distance) > cutoffs[:, None]] = 0.0
+        indices.append(index)
+        factors.append(factor.astype(np.float32))
+
+    if normalize:
+        factors[0] *= ((2.0 * np.pi * sigmas**2) ** (-dim / 2)).astype(np.float32)[:, None]
+    if dim == 2:
+        (ix, iy), (fx, fy) = indices, factors
+        values = fy[:, :, None] * fx[:, None, :]  # (M, wy, wx)
+        heatmaps[iy[:, :, None], ix[:, None, :], channels[:, None, None]] = values
+    else:
+        (ix, iy, iz), (fx, fy, fz) = indices, factors
+        values = fz[:, :, None, None] * fy[:, None, :, None] * fx[:, None, None, :]  # (M, wz, wy, wx)
+        heatmaps[
+            iz[:, :, None, None], iy[:, None, :, None], ix[:, None, None, :], channels[:, None, None, None]
+        ] = values
+    return heatmaps
