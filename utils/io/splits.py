@@ -1,0 +1,114 @@
+"""Cross-validation and train/test split files for a dataset folder.
+
+The dataset layout is `DIR/images/<id>.<ext>`, `DIR/setup/all.csv`, `DIR/setup/cv/set<k>/{train,test}.txt`
+and `DIR/setup/{train,test}.txt`. This module writes the split files for ids that have both an image and an
+annotation, so users with their own data (or the real hand atlas without its split files) can start at once:
+
+    python -m utils.io.splits DIR [--folds 3] [--test-fraction 0.33] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from utils.io.id_list import write_id_list
+
+__all__ = ["annotated_image_ids", "cv_splits", "train_test_split", "write_splits"]
+
+
+def cv_splits(ids: Sequence[str], folds: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """Splits `ids` into `folds` (train, test) pairs; every id is in exactly one test set.
+
+    The ids are shuffled by a generator seeded with `seed`, then dealt into folds of sizes differing by at
+    most one; each list keeps the order of `ids`.
+
+    Raises:
+        ValueError: fewer ids than folds, or folds < 2.
+    """
+    if folds < 2 or len(ids) < folds:
+        raise ValueError(f"need folds >= 2 and at least `folds` ids, got folds={folds} for {len(ids)} ids")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    fold_of = np.empty(len(ids), dtype=int)
+    fold_of[order] = np.arange(len(ids)) % folds
+    return [
+        (
+            [i for i, f in zip(ids, fold_of, strict=True) if f != k],
+            [i for i, f in zip(ids, fold_of, strict=True) if f == k],
+        )
+        for k in range(folds)
+    ]
+
+
+def train_test_split(ids: Sequence[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Splits `ids` into a training and a test list (at least one id each), keeping the order of `ids`.
+
+    Raises:
+        ValueError: test_fraction outside (0, 1) or fewer than two ids.
+    """
+    if not 0.0 < test_fraction < 1.0 or len(ids) < 2:
+        raise ValueError(f"need 0 < test_fraction < 1 and two ids, got {test_fraction} for {len(ids)} ids")
+    num_test = min(max(1, round(test_fraction * len(ids))), len(ids) - 1)
+    test = set(np.random.default_rng(seed).permutation(len(ids))[:num_test].tolist())
+    return [i for k, i in enumerate(ids) if k not in test], [i for k, i in enumerate(ids) if k in test]
+
+
+def annotated_image_ids(dataset_dir: str | os.PathLike) -> list[str]:
+    """Ids listed in `DIR/setup/all.csv` that also have an image in `DIR/images/`, in CSV order."""
+    dataset_dir = Path(dataset_dir)
+    csv_path = dataset_dir / "setup" / "all.csv"
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {csv_path}")
+    image_dir = dataset_dir / "images"
+    stems = {path.name.split(".")[0] for path in image_dir.iterdir()} if image_dir.is_dir() else set()
+    with csv_path.open(newline="", encoding="utf-8") as file:
+        ids = [row[0].strip() for row in csv.reader(file) if row and row[0].strip()]
+    present = [i for i in ids if i in stems]
+    if not present:
+        raise ValueError(f"no id of {csv_path} has an image in {image_dir}")
+    return present
+
+
+def write_splits(
+    dataset_dir: str | os.PathLike, folds: int = 3, test_fraction: float = 1 / 3, seed: int = 0
+) -> list[str]:
+    """Writes `setup/cv/set<k>/{train,test}.txt` and `setup/{train,test}.txt` for the annotated images.
+
+    Returns:
+        The ids that were split.
+    """
+    dataset_dir = Path(dataset_dir)
+    ids = annotated_image_ids(dataset_dir)
+    setup = dataset_dir / "setup"
+    for k, (train, test) in enumerate(cv_splits(ids, folds, seed), start=1):
+        write_id_list(setup / "cv" / f"set{k}" / "train.txt", train)
+        write_id_list(setup / "cv" / f"set{k}" / "test.txt", test)
+    train, test = train_test_split(ids, test_fraction, seed)
+    write_id_list(setup / "train.txt", train)
+    write_id_list(setup / "test.txt", test)
+    return ids
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("dataset_dir", help="dataset folder with images/ and setup/all.csv")
+    parser.add_argument("--folds", type=int, default=3, help="number of cross-validation folds (default 3)")
+    parser.add_argument("--test-fraction", type=float, default=1 / 3, help="test share of setup/test.txt")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random assignment (default 0)")
+    args = parser.parse_args(argv)
+    ids = write_splits(args.dataset_dir, args.folds, args.test_fraction, args.seed)
+    print(
+        f"wrote {args.folds}-fold and train/test split files for {len(ids)} ids to {args.dataset_dir}/setup"
+    )
+
+
+if __name__ == "__main__":
+    main()
