@@ -53,10 +53,9 @@ def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         upper = heatmaps[(*above, channels)].astype(np.float64)
         centre = values
         use_log = (lower > 0) & (upper > 0) & (centre > 0)
-        if np.any(use_log):
-            lower, centre, upper = (
-                np.where(use_log, np.log(np.where(use_log, v, 1.0)), v) for v in (lower, centre, upper)
-            )
+        lower, centre, upper = (
+            np.where(use_log, np.log(np.where(use_log, v, 1.0)), v) for v in (lower, centre, upper)
+        )
         curvature = lower - 2.0 * centre + upper  # <= 0 at a maximum
         interior = (peak[axis] > 0) & (peak[axis] < size - 1) & (curvature < 0)
         offset = np.zeros(num)
