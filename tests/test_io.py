@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from utils.io.atomic import atomic_path, write_json_atomic
+from utils.io.atomic import _umask, atomic_path, write_json_atomic
 from utils.io.id_list import read_id_list, write_id_list
 from utils.io.image import read_image, write_image
 from utils.io.landmarks import read_landmarks_csv, write_landmarks_csv
@@ -156,6 +156,7 @@ def test_atomic_write_leaves_old_file_on_error(tmp_path):
         raise RuntimeError("crash while writing")
     assert path.read_text() == '{\n  "pe_mean": 1.0\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
     with pytest.raises(ValueError):
         write_json_atomic(path, {"pe_mean": float("nan")})
     assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]
