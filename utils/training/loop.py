@@ -1,0 +1,226 @@
+"""The training loop: masked heatmap regression with checkpoints, tests, progress output and logs.
+
+It works with every Keras backend (tensorflow, jax, torch): the network is wrapped in a training model
+``[image, mask] -> network(image) * mask`` whose masked output is compared with the target heatmaps by the
+L2 heatmap loss, so a missing landmark (mask 0, all-zero target) contributes nothing on any backend. Weight
+decay comes from the network's kernel regularisers, which Keras adds to the loss.
+
+The training data come from a function ``batches(start)`` that returns an endless iterator of batches
+``{"image": (B, [z,] y, x, 1), "heatmaps": (B, [z,] y, x, N), "mask": (B, N)}`` beginning with batch number
+`start` (0-based), so that a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from utils.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from utils.training.logs import TrainingLog
+from utils.training.loss import heatmap_l2_loss
+from utils.training.output import RunFolder
+
+__all__ = [
+    "MaskHeatmaps",
+    "NonFiniteLossError",
+    "Schedule",
+    "compile_training_model",
+    "make_optimizer",
+    "train",
+]
+
+Batch = Mapping[str, np.ndarray]
+
+
+@keras.saving.register_keras_serializable(package="landmarks")
+class MaskHeatmaps(keras.layers.Layer):
+    """Multiplies every heatmap channel by its landmark's mask value, broadcast over the spatial axes.
+
+    Input shape:
+        ``[heatmaps, mask]``: heatmaps (B, [z,] y, x, N), mask (B, N) (1 = present, 0 = missing).
+
+    Output shape:
+        (B, [z,] y, x, N), the heatmaps with the channels of missing landmarks set to 0.
+    """
+
+    def call(self, inputs):
+        heatmaps, mask = inputs
+        mask = keras.ops.cast(mask, heatmaps.dtype)
+        spatial = len(heatmaps.shape) - 2
+        return heatmaps * keras.ops.reshape(mask, (-1,) + (1,) * spatial + (mask.shape[-1],))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+def training_model(network: keras.Model) -> keras.Model:
+    """The model that is trained: ``[image, mask] -> network(image) * mask`` (see `MaskHeatmaps`).
+
+    Args:
+        network: a heatmap network, input (B, [z,] y, x, 1), output (B, [z,] y, x, N).
+
+    Returns:
+        A model sharing the network's weights, inputs ``[image, mask]`` with mask (B, N).
+    """
+    num_landmarks = network.output.shape[-1]
+    image = keras.Input(shape=network.input.shape[1:], name="image")
+    mask = keras.Input(shape=(num_landmarks,), name="mask")
+    masked = MaskHeatmaps(name="mask_heatmaps")([network(image), mask])
+    return keras.Model([image, mask], masked, name=f"{network.name}_training")
+
+
+def make_optimizer(name: str, learning_rate: float, momentum: float = 0.99) -> keras.optimizers.Optimizer:
+    """The optimizer of the experiment.
+
+    Args:
+        name: "sgd" (SGD with Nesterov momentum, as in the paper) or "adam".
+        learning_rate: step size (the paper's SGD uses 1e-7 for its sum-of-squares loss).
+        momentum: SGD momentum (paper: 0.99); ignored by Adam.
+
+    Raises:
+        ValueError: for an unknown name or a non-positive learning rate.
+    """
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, nesterov=True)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+
+
+def compile_training_model(network: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:
+    """`training_model` compiled with the L2 heatmap loss (sum of squares / 2 / batch size)."""
+    model = training_model(network)
+    model.compile(optimizer=optimizer, loss=heatmap_l2_loss)
+    return model
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When to stop, test and save.
+
+    Attributes:
+        max_iter: number of training iterations (batches).
+        test_iter: test on the validation images every this many iterations (and at `max_iter`).
+        snapshot_iter: save a checkpoint every this many iterations (and at `max_iter`).
+        test_at_start: also test before the first iteration.
+        report_every_s: seconds between two progress lines.
+    """
+
+    max_iter: int
+    test_iter: int
+    snapshot_iter: int
+    test_at_start: bool = False
+    report_every_s: float = 5.0
+
+    def __post_init__(self):
+        for name in ("max_iter", "test_iter", "snapshot_iter"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+def _duration(seconds: float) -> str:
+    """12 -> "12s", 125 -> "2m05s", 7300 -> "2h01m"."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def train(
+    model: keras.Model,
+    batches: Callable[[int], Iterator[Batch]],
+    run: RunFolder,
+    schedule: Schedule,
+    evaluate: Callable[[int], Mapping[str, float]] | None = None,
+    state: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> TrainingLog:
+    """Trains `model` for `schedule.max_iter` iterations, testing and saving on the way.
+
+    Args:
+        model: a model from `compile_training_model`.
+        batches: ``batches(start)`` -> endless iterator of batches starting at batch number `start`.
+        run: the run folder (checkpoints, logs and history are written there).
+        schedule: iterations to train, test and save at.
+        evaluate: ``evaluate(iteration)`` tests the network on the validation images and returns scalar
+            errors to log (e.g. {"pe_mean": 1.2}); None: no tests.
+        state: JSON-serialisable loader state saved with every checkpoint (e.g. {"seed": 0}); on resume it
+            must equal the saved one, so that the data order stays the same.
+        resume: continue from the newest checkpoint in ``run.checkpoints`` instead of starting at 0.
+        log: where progress lines go.
+
+    Returns:
+        The training log (losses and test errors per iteration), also saved in the run folder.
+
+    Raises:
+        NonFiniteLossError: when the loss becomes NaN or infinite; the message names the iteration and the
+            last good checkpoint, which is kept.
+        ValueError: if the saved loader state differs from `state` on resume.
+    """
+    state = dict(state or {})
+    history = TrainingLog(run, log=log)
+    start = 0
+    last_good = None
+    if resume:
+        last_good = latest_checkpoint(run.checkpoints)
+        if last_good is None:
+            raise FileNotFoundError(f"cannot resume: no checkpoint in {run.checkpoints}")
+        restored = load_checkpoint(last_good, model)
+        if restored.state != state:
+            raise ValueError(
+                f"cannot resume from {last_good}: it was saved with loader state {restored.state}, "
+                f"this run has {state}"
+            )
+        start = restored.iteration
+        history.restore(start)
+        log(f"resumed from {last_good} at iteration {start}")
+    if start == 0 and schedule.test_at_start and evaluate is not None:
+        history.add_test(0, evaluate(0))
+    iterator = batches(start)
+    window_start, window_losses = time.perf_counter(), []
+    run_start, run_first = window_start, start
+    for iteration in range(start + 1, schedule.max_iter + 1):
+        batch = next(iterator)
+        logs = model.train_on_batch([batch["image"], batch["mask"]], batch["heatmaps"], return_dict=True)
+        loss = float(logs["loss"])
+        if not math.isfinite(loss):
+            where = f"the last good checkpoint {last_good} is kept" if last_good else "no checkpoint yet"
+            history.save()
+            raise NonFiniteLossError(
+                f"training stopped: the loss became {loss} at iteration {iteration}; {where}. Try a lower "
+                "learning rate."
+            )
+        window_losses.append(loss)
+        now = time.perf_counter()
+        if now - window_start >= schedule.report_every_s or iteration == schedule.max_iter:
+            speed = (iteration - run_first) / max(now - run_start, 1e-9)
+            eta = (schedule.max_iter - iteration) / max(speed, 1e-9)
+            mean_loss = float(np.mean(window_losses))
+            log(
+                f"iter {iteration:>7d}/{schedule.max_iter}  loss {mean_loss:.4g}  "
+                f"{speed:.2f} it/s  ETA {_duration(eta)}"
+            )
+            history.add_train(iteration, mean_loss, speed)
+            window_start, window_losses = now, []
+        if iteration % schedule.snapshot_iter == 0 or iteration == schedule.max_iter:
+            last_good = save_checkpoint(run.checkpoints, model, iteration, state)
+            history.save()
+        if evaluate is not None and (iteration % schedule.test_iter == 0 or iteration == schedule.max_iter):
+            history.add_test(iteration, evaluate(iteration))
+    history.save()
+    return history
