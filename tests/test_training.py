@@ -8,7 +8,10 @@ import keras
 import numpy as np
 import pytest
 
+from utils.io.landmarks import read_landmarks_csv
+from utils.landmarks.statistics import landmark_statistics
 from utils.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from utils.training.evaluation import Evaluation, evaluate, mean_shape_errors, summarize
 from utils.training.loop import (
     NonFiniteLossError,
     Schedule,
@@ -18,6 +21,7 @@ from utils.training.loop import (
     training_model,
 )
 from utils.training.output import RunFolder, config_from_dict, config_to_dict, read_config
+from utils.transforms.geometry import Geometry
 
 SHAPE = (8, 8)
 LANDMARKS = 3
@@ -222,6 +226,7 @@ def test_tests_progress_and_history(tmp_path):
     assert saved["test"][1] == {"iteration": 2, "pe_mean": 1 / 3}
     assert "2,test/pe_mean," in run.history.with_suffix(".csv").read_text()
     assert latest_checkpoint(run.checkpoints).name == "ckpt_00000005.npz"
+    assert (run.root / "training_curves.png").is_file()
     if importlib.util.find_spec("tensorflow") is not None:
         assert any(path.name.startswith("events.out.tfevents") for path in run.logs.iterdir())
 
@@ -232,3 +237,88 @@ def test_make_optimizer_rejects_bad_values():
         make_optimizer("rmsprop", 1e-3)
     with pytest.raises(ValueError, match="learning_rate must be positive, got 0"):
         make_optimizer("adam", 0)
+
+
+# ---- evaluation -------------------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class BlobAndMirror(keras.layers.Layer):
+    """'Network' with two heatmaps: the image itself and the image mirrored along x."""
+
+    def call(self, image):
+        return keras.ops.concatenate([image, keras.ops.flip(image, axis=2)], axis=-1)
+
+
+class ShiftScale:
+    """Fake SampleTransform: input = 2 * output + (10, 20)."""
+
+    def output_to_input(self, points):
+        return np.asarray(points) * 2.0 + np.array([10.0, 20.0])
+
+    def input_to_output(self, points):
+        return (np.asarray(points) - np.array([10.0, 20.0])) / 2.0
+
+
+@dataclass
+class FakeSample:
+    id: str
+    image: np.ndarray
+    landmarks: np.ndarray
+    transform: ShiftScale = field(default_factory=ShiftScale)
+    heatmap_geometry: Geometry = field(default_factory=lambda: Geometry.grid((16, 16)))
+    mm_scale: float = 0.5
+
+
+def blob(x, y, sigma=1.5):
+    yy, xx = np.mgrid[:16, :16]
+    return np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)).astype(np.float32)[..., None]
+
+
+def test_evaluate_maps_back_scores_and_writes(tmp_path):
+    image = keras.Input((16, 16, 1))
+    network = keras.Model(image, BlobAndMirror()(image))
+    samples = [
+        FakeSample("a", blob(5, 7), np.array([[20.0, 34.0], [33.0, 34.0]])),  # landmark 1 off by 3 units in x
+        FakeSample("b", blob(4, 4), np.array([[18.0, 28.0], [np.nan, np.nan]])),
+    ]
+    result = evaluate(
+        network,
+        samples,
+        tmp_path / "iter_10",
+        lambda _, p: p - np.array([10.0, 20.0]),
+        batch_size=1,
+        num_plots=1,
+    )
+    np.testing.assert_allclose(result.predicted[0], [[20.0, 34.0], [30.0, 34.0]], atol=1e-6)
+    np.testing.assert_allclose(result.errors, [[0.0, 1.5], [0.0, np.nan]], atol=1e-6)
+    assert result.stats["num_images"] == 2 and result.stats["pe_mean"] == pytest.approx(0.5, abs=1e-6)
+    folder = tmp_path / "iter_10"
+    for name in (
+        "prediction.csv",
+        "stats.json",
+        "stats.txt",
+        "error_distribution.png",
+        "heatmaps.png",
+        "landmarks_a.png",
+    ):
+        assert (folder / name).is_file(), name
+    assert not (folder / "landmarks_b.png").exists()
+    csv = read_landmarks_csv(folder / "prediction.csv", 2, 2)
+    np.testing.assert_allclose(csv["b"], [[8.0, 8.0], [22.0, 8.0]], atol=1e-6)
+    assert json.loads((folder / "stats.json").read_text())["outliers"] == {"2": 0, "4": 0, "10": 0}
+    assert result.scalars()["pe_mean"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_mean_shape_errors_and_summary():
+    samples = [FakeSample("a", blob(5, 7), np.array([[20.0, 34.0], [np.nan, np.nan]]))]
+    errors = mean_shape_errors(np.array([[6.0, 7.0], [0.0, 0.0]]), samples)
+    np.testing.assert_allclose(errors, [[1.0, np.nan]])
+    runs = {
+        name: Evaluation([name], np.zeros((1, 2, 2)), np.zeros((1, 2, 2)), e, landmark_statistics(e))
+        for name, e in (("scn_cv1", np.array([[1.0, 3.0]])), ("scn_cv2", np.array([[5.0, np.nan]])))
+    }
+    summary = summarize(runs)
+    assert summary["runs"]["scn_cv2"]["pe_mean"] == 5.0
+    assert summary["across_runs"]["pe_mean"] == {"mean": 3.5, "std": 1.5}
+    assert summary["pooled"]["pe_mean"] == 3.0 and summary["pooled"]["num_images"] == 2

@@ -1,7 +1,8 @@
 """Training logs: losses and test errors per iteration, as JSON/CSV (always) and TensorBoard (when possible).
 
 ``history.json`` holds ``{"train": [{"iteration", "loss", "iterations_per_s"}, ...], "test": [{"iteration",
-<error name>: value, ...}, ...]}``; ``history.csv`` the same numbers in long form (``iteration,tag,value``).
+<error name>: value, ...}, ...]}``; ``history.csv`` the same numbers in long form (``iteration,tag,value``);
+``training_curves.png`` plots them.
 TensorBoard event files go to the run's ``logs/`` folder through ``tf.summary.write`` with the scalar
 plugin's metadata (so the `tensorboard` package is needed only to view them, not to write them); this is
 the only TensorFlow-specific code of the project, used with any Keras backend when TensorFlow can be
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from utils.io.atomic import write_json_atomic, write_text_atomic
+from utils.landmarks.plots import plot_training_curves
 from utils.training.output import RunFolder
 
 __all__ = ["TrainingLog"]
@@ -84,6 +86,14 @@ class TrainingLog:
         self.test.append(row)
         self._scalars(iteration, "test", errors)
         self.save()
+        self.plot()
+
+    def plot(self) -> None:
+        """Writes ``training_curves.png``: training loss and test point errors against iteration."""
+        series = {"training loss": [(row["iteration"], row["loss"]) for row in self.train]}
+        for name in ("pe_mean", "pe_median"):
+            series[f"test {name} [mm]"] = [(row["iteration"], row[name]) for row in self.test if name in row]
+        plot_training_curves(self.run.root / "training_curves.png", series)
 
     def save(self) -> None:
         """Writes ``history.json`` and ``history.csv`` atomically."""

@@ -223,4 +223,5 @@ def train(
         if evaluate is not None and (iteration % schedule.test_iter == 0 or iteration == schedule.max_iter):
             history.add_test(iteration, evaluate(iteration))
     history.save()
+    history.plot()
     return history

@@ -1,0 +1,190 @@
+"""Testing a network on the validation images: predict, decode, map back, score, write and plot.
+
+For each validation sample the network's heatmaps are decoded to heatmap index coordinates (x, y[, z]),
+mapped to output (network) physical space by the sample's heatmap geometry and back to the original image
+by the sample's spatial transform (output -> input). Point errors are the distances to the true landmarks,
+in mm (the sample's ``mm_scale`` converts physical units to mm).
+
+A test writes into ``iter_<n>/``: ``prediction.csv`` (in the units of the input CSV), ``stats.json``,
+``stats.txt``, ``error_distribution.png``, ``heatmaps.png`` (first sample) and ``landmarks_<id>.png`` for
+the first few samples (predicted and true landmarks over the network input image).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import keras
+import numpy as np
+
+from utils.io.atomic import write_json_atomic, write_text_atomic
+from utils.io.landmarks import write_landmarks_csv
+from utils.landmarks.decode import decode_heatmaps
+from utils.landmarks.plots import plot_error_distribution, plot_heatmaps, plot_landmarks
+from utils.landmarks.statistics import format_statistics, landmark_statistics, point_errors, summarize_folds
+
+__all__ = ["Evaluation", "evaluate", "mean_shape_errors", "predict", "summarize"]
+
+
+class ValidationSampleLike(Protocol):
+    """What `evaluate` needs of a validation sample (dataset.py's ``ValidationSample``)."""
+
+    id: str
+    image: np.ndarray  # ([z,] y, x, 1) network input
+    landmarks: np.ndarray  # (N, dim) true landmarks, original physical coordinates, NaN = missing
+    transform: Any  # SampleTransform: output_to_input(points), input_to_output(points)
+    heatmap_geometry: Any  # Geometry of the heatmap grid in output physical space
+    mm_scale: float  # millimetres per physical unit of the original image
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The result of one test.
+
+    Attributes:
+        ids: sample ids, length M.
+        predicted: (M, N, dim) predicted landmarks, original physical coordinates (x, y[, z]).
+        target: (M, N, dim) true landmarks, same coordinates, NaN = missing.
+        errors: (M, N) point errors in mm, NaN where the true landmark is missing.
+        stats: `landmark_statistics` of `errors`.
+    """
+
+    ids: list[str]
+    predicted: np.ndarray
+    target: np.ndarray
+    errors: np.ndarray
+    stats: dict
+
+    def scalars(self) -> dict[str, float | None]:
+        """The main figures for the training log: PE/IPE mean and median, outlier percentages."""
+        figures = {key: self.stats[key] for key in ("pe_mean", "pe_median", "ipe_mean")}
+        for threshold, percent in self.stats["outlier_percent"].items():
+            figures[f"outliers_{threshold}mm_percent"] = percent
+        return figures
+
+
+def predict(network: keras.Model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Heatmaps of a stack of images, computed `batch_size` images at a time.
+
+    Args:
+        network: heatmap network, (B, [z,] y, x, 1) -> (B, [z,] y, x, N).
+        images: (M, [z,] y, x, 1) float32.
+        batch_size: images per forward pass.
+
+    Returns:
+        (M, [z,] y, x, N) float32 NumPy array.
+    """
+    parts = [
+        np.asarray(network.predict_on_batch(images[start : start + batch_size]), dtype=np.float32)
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(parts)
+
+
+def _to_original(points: np.ndarray, sample: ValidationSampleLike) -> np.ndarray:
+    """Heatmap index coordinates (N, dim) -> original image physical coordinates (N, dim)."""
+    return sample.transform.output_to_input(sample.heatmap_geometry.index_to_physical(points))
+
+
+def evaluate(
+    network: keras.Model,
+    samples: Iterable[ValidationSampleLike],
+    folder: str | Path,
+    to_csv_units: Callable[[str, np.ndarray], np.ndarray],
+    batch_size: int = 8,
+    num_plots: int = 4,
+    name: str = "test",
+) -> Evaluation:
+    """Predicts, scores and writes one test of `network` on the validation samples.
+
+    Args:
+        network: heatmap network.
+        samples: validation samples (see `ValidationSampleLike`); their images must share one shape.
+        folder: the test folder ``iter_<n>`` (created).
+        to_csv_units: ``to_csv_units(id, points)`` converts (N, dim) original physical coordinates into the
+            units of the dataset's landmark CSV (e.g. pixel indices), for ``prediction.csv``.
+        batch_size: images per forward pass.
+        num_plots: number of samples drawn with their predicted and true landmarks.
+        name: label of the error-distribution curve.
+
+    Returns:
+        The predictions, errors and statistics.
+
+    Raises:
+        ValueError: if there are no samples.
+    """
+    samples = list(samples)
+    if not samples:
+        raise ValueError(f"no validation samples to evaluate for {folder}")
+    folder = Path(folder)
+    heatmaps = predict(network, np.stack([sample.image for sample in samples]), batch_size)
+    predicted = np.stack(
+        [
+            _to_original(decode_heatmaps(maps)[0], sample)
+            for maps, sample in zip(heatmaps, samples, strict=True)
+        ]
+    )
+    target = np.stack([np.asarray(sample.landmarks, dtype=np.float64) for sample in samples])
+    scale = np.array([sample.mm_scale for sample in samples], dtype=np.float64)
+    errors = point_errors(predicted, target, scale)
+    stats = landmark_statistics(errors)
+    ids = [sample.id for sample in samples]
+    write_landmarks_csv(
+        folder / "prediction.csv",
+        {id_: to_csv_units(id_, points) for id_, points in zip(ids, predicted, strict=True)},
+    )
+    write_json_atomic(folder / "stats.json", stats)
+    write_text_atomic(folder / "stats.txt", format_statistics(stats))
+    if np.any(np.isfinite(errors)):
+        plot_error_distribution(folder / "error_distribution.png", {name: errors})
+    plot_heatmaps(folder / "heatmaps.png", heatmaps[0])
+    for sample, points in zip(samples[:num_plots], predicted, strict=False):
+        plot_landmarks(
+            folder / f"landmarks_{sample.id}.png",
+            sample.image[..., 0],
+            predicted=sample.transform.input_to_output(points),
+            target=sample.transform.input_to_output(np.asarray(sample.landmarks, dtype=np.float64)),
+            title=sample.id,
+        )
+    return Evaluation(ids=ids, predicted=predicted, target=target, errors=errors, stats=stats)
+
+
+def mean_shape_errors(mean_shape: np.ndarray, samples: Sequence[ValidationSampleLike]) -> np.ndarray:
+    """Point errors (mm) of the mean-shape baseline: every image gets the same landmarks in output space.
+
+    Args:
+        mean_shape: (N, dim) landmarks in output (network) physical coordinates, e.g. the mean of the
+            training images' landmarks after the validation (fit-to-size) transform.
+        samples: validation samples.
+
+    Returns:
+        (M, N) point errors in mm, NaN where the true landmark is missing.
+    """
+    predicted = np.stack([sample.transform.output_to_input(mean_shape) for sample in samples])
+    target = np.stack([np.asarray(sample.landmarks, dtype=np.float64) for sample in samples])
+    return point_errors(
+        predicted, target, np.array([sample.mm_scale for sample in samples], dtype=np.float64)
+    )
+
+
+def summarize(evaluations: Mapping[str, Evaluation]) -> dict:
+    """The content of ``summary.json``: every fold's statistics, mean ± std across folds, pooled figures.
+
+    Args:
+        evaluations: run name (e.g. "scn_cv1") -> final test of that run. Runs of different networks are
+            summarised together; call once per network for a per-network summary.
+
+    Returns:
+        ``{"runs": {name: stats}, "across_runs": summarize_folds(...), "pooled": landmark_statistics of all
+        point errors together}``.
+    """
+    stats = [evaluation.stats for evaluation in evaluations.values()]
+    pooled = np.concatenate([evaluation.errors for evaluation in evaluations.values()])
+    return {
+        "runs": {name: evaluation.stats for name, evaluation in evaluations.items()},
+        "across_runs": summarize_folds(stats),
+        "pooled": landmark_statistics(pooled),
+    }
