@@ -2,15 +2,11 @@
 
 Five networks, each for 2D and 3D inputs (decided by the rank of ``input_shape``), channels-last:
 
-================== ============================================================ ==============
-name               architecture                                                  heatmap grid
-================== ============================================================ ==============
-``scn``            SpatialConfiguration-Net: local convolutions x spatial part    input grid
-``unet``           U-Net, 4 levels, average pooling, linear upsampling            input grid
-``downsampling_net`` 3 levels of two 5x5 convolutions, 2x average pooling between 1/4 per axis
-``conv_only``      six 11x11 convolutions and a 1x1 heatmap layer                 input grid
-``scn_unet``       SCN whose local part is a U-Net (the MMWHS variant)            input grid
-================== ============================================================ ==============
+- ``scn``: SpatialConfiguration-Net, local convolutions x leave-one-out spatial part (MICCAI 2016);
+- ``unet``: U-Net, 4 levels, average pooling, linear upsampling, 128 filters at every level;
+- ``downsampling_net``: 3 levels of two 5x5 convolutions with 2x average pooling; heatmaps at 1/4 per axis;
+- ``conv_only``: six 11x11 convolutions and a 1x1 heatmap layer;
+- ``scn_unet``: SCN whose local part is a U-Net (MedIA 2019, MMWHS variant).
 
 Every model maps an image ``(B, [z,] y, x, C)`` to heatmaps ``(B, [z,] y, x, N)`` (Downsampling-Net: each
 spatial axis divided by :func:`heatmap_factor`). Hidden convolutions use ReLU, 'same' zero padding and He
@@ -135,9 +131,8 @@ class LeaveOneOutConv(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        kernel = keras.ops.multiply(
-            self.kernel, keras.ops.convert_to_tensor(self._mask, dtype=self.kernel.dtype)
-        )
+        mask = keras.ops.convert_to_tensor(self._mask, dtype=self.compute_dtype)
+        kernel = keras.ops.multiply(keras.ops.cast(self.kernel, self.compute_dtype), mask)
         outputs = keras.ops.conv(inputs, kernel, strides=1, padding="same", data_format="channels_last")
         if self.use_bias:
             outputs = keras.ops.add(outputs, self.bias)
