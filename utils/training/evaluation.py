@@ -26,7 +26,7 @@ from utils.landmarks.decode import decode_heatmaps
 from utils.landmarks.plots import plot_error_distribution, plot_heatmaps, plot_landmarks
 from utils.landmarks.statistics import format_statistics, landmark_statistics, point_errors, summarize_folds
 
-__all__ = ["Evaluation", "evaluate", "mean_shape_errors", "predict", "summarize"]
+__all__ = ["Evaluation", "evaluate", "main_figures", "mean_shape_errors", "predict", "summarize"]
 
 
 class ValidationSampleLike(Protocol):
@@ -59,11 +59,23 @@ class Evaluation:
     stats: dict
 
     def scalars(self) -> dict[str, float | None]:
-        """The main figures for the training log: PE/IPE mean and median, outlier percentages."""
-        figures = {key: self.stats[key] for key in ("pe_mean", "pe_median", "ipe_mean")}
-        for threshold, percent in self.stats["outlier_percent"].items():
-            figures[f"outliers_{threshold}mm_percent"] = percent
-        return figures
+        """`main_figures` of this test's statistics."""
+        return main_figures(self.stats)
+
+
+def main_figures(stats: Mapping) -> dict[str, float | None]:
+    """The figures logged and printed for a test: PE mean and median, IPE mean, outlier percentages.
+
+    Args:
+        stats: `landmark_statistics` output.
+
+    Returns:
+        {"pe_mean", "pe_median", "ipe_mean", "outliers_<t>mm_percent" per threshold t}: values in mm or %.
+    """
+    figures = {key: stats[key] for key in ("pe_mean", "pe_median", "ipe_mean")}
+    for threshold, percent in stats["outlier_percent"].items():
+        figures[f"outliers_{threshold}mm_percent"] = percent
+    return figures
 
 
 def predict(network: keras.Model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
