@@ -114,7 +114,7 @@ MEAN_LAYOUT = np.array(
 )  # fmt: skip
 
 # --- variation of the layout (hand frame) ---
-CARPAL_JITTER_MM = 0.8  # std of independent shifts of landmarks 0-12
+CARPAL_JITTER_MM = 1.2  # std of independent shifts of landmarks 0-12
 WRIST_DEVIATION_DEG = 4.0  # std of radial/ulnar deviation: forearm (0-5) rotated about the carpus
 HAND_WIDTH_STD = 0.03  # std of the relative hand width (x scale)
 FINGER_LENGTH_STD = (0.04, 0.025)  # std of all fingers' length factor, and of each finger's own factor
@@ -125,7 +125,7 @@ METACARPAL_LENGTH_STD = 0.03  # std of each metacarpal's length factor
 SPREAD_DEG = {"thumb": 8.0, "index": 4.0, "middle": 0.5, "ring": -3.0, "little": -7.0}
 SPREAD_STD_DEG = {"thumb": 6.0, "index": 2.5, "middle": 2.0, "ring": 2.5, "little": 3.0}
 METACARPAL_SPREAD = 0.3
-JOINT_BEND_STD_DEG = (3.0, 5.0)  # std of the turn at each further joint: fingers, thumb
+JOINT_BEND_STD_DEG = (2.5, 5.0)  # std of the turn at each further joint: fingers, thumb
 
 # --- anatomy (hand frame, mm) ---
 FINGER_WIDTH = {"thumb": 1.1, "index": 1.0, "middle": 1.05, "ring": 0.95, "little": 0.85}
