@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any TensorFlow import: keep the tables readable
@@ -65,17 +65,22 @@ class Size:
     batch_size: int
 
 
-SIZES = {
-    "paper": Size(input_size=256, num_filters=128, batch_size=8),  # MICCAI 2016 / MedIA 2019 hand setup
-    "cpu": Size(input_size=128, num_filters=32, batch_size=8),  # CPU preset (main.py's, when it exists)
-    "quick": Size(input_size=32, num_filters=8, batch_size=2),  # smoke test, seconds
+# The sizes of main.py's presets (image_size, num_filters, batch_size; per-network exceptions), kept here so
+# that the benchmarks run without the data pipeline; tests/test_benchmarks.py checks them against main.py.
+PRESET_SIZES = {
+    "cpu": {"default": Size(input_size=128, num_filters=32, batch_size=8)},
+    "paper": {
+        "default": Size(input_size=256, num_filters=128, batch_size=8),
+        "conv_only": Size(input_size=128, num_filters=128, batch_size=8),  # the paper's ConvOnly-Net input
+    },
 }
-CONV_ONLY_DIVISOR = 2  # ConvOnly-Net gets half the input side (paper: 128 x 128 instead of 256 x 256)
+QUICK_SIZE = Size(input_size=32, num_filters=8, batch_size=2)  # smoke test, seconds
 BACKWARD_FACTOR = 3  # forward + backward FLOPs ~ 3 x forward (weight and input gradients cost one each)
 LEARNING_RATE = 1e-7  # the paper's SGD step size; the value does not change the timing
 
 # SCN spatial part at the paper size: 37 heatmaps of 256 / 8 = 32 pixels, 15 x 15 kernels
-SCN_SPATIAL = {"grid": 32, "kernel_size": 15, "channels": NUM_LANDMARKS}
+SCN_SPATIAL = {"batch_size": 8, "grid": 32, "kernel_size": 15, "channels": NUM_LANDMARKS}
+SCN_SPATIAL_QUICK = {"batch_size": 2, "grid": 8, "kernel_size": 5, "channels": 6}
 
 
 def resolve_precision(precision: str) -> str:
@@ -87,9 +92,10 @@ def resolve_precision(precision: str) -> str:
     return "mixed_float16" if accelerator_name() is not None else "mixed_bfloat16"
 
 
-def input_side(network: str, size: Size) -> int:
-    """Input side of `network` at `size` (ConvOnly-Net: divided by `CONV_ONLY_DIVISOR`)."""
-    return size.input_size // CONV_ONLY_DIVISOR if network == "conv_only" else size.input_size
+def preset_size(preset: str, network: str) -> Size:
+    """The size `main.py` trains `network` at with `preset` ("cpu" or "paper"), see `PRESET_SIZES`."""
+    sizes = PRESET_SIZES[preset]
+    return sizes.get(network, sizes["default"])
 
 
 def random_batch(model: keras.Model, batch_size: int, rng: np.random.Generator) -> tuple[list, np.ndarray]:
@@ -131,7 +137,7 @@ def measure_training(network: str, size: Size, precision: str, warmup: int, step
     if peak_tflops is None:
         peak_tflops = matmul_tflops(compute_dtype, size=matmul_size)
         peak_source = f"measured {compute_dtype} matmul"
-    side = input_side(network, size)
+    side = size.input_size
     reset_device_peak_memory()
     with PeakMemory() as memory:
         model = build_network(network, (side, side, 1), NUM_LANDMARKS, num_filters=size.num_filters)
@@ -248,11 +254,12 @@ def measure_scn_spatial(batch_size: int, grid: int, channels: int, kernel_size: 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
-    parser.add_argument("--size", choices=sorted(SIZES), default="cpu",
-                        help="paper: 256 px, 128 filters; cpu: 128 px, 32 filters (ConvOnly: half the side)")
-    parser.add_argument("--input-size", type=int, help="override the input side of --size, pixels")
-    parser.add_argument("--filters", type=int, help="override the filters per convolution of --size")
-    parser.add_argument("--batch-size", type=int, help="override the batch size of --size")
+    parser.add_argument("--size", choices=("cpu", "paper"), default="cpu",
+                        help="main.py preset whose sizes are used (cpu: 128 px, 32 filters; paper: 256 px, "
+                             "128 filters, ConvOnly-Net 128 px; batch 8)")
+    parser.add_argument("--input-size", type=int, help="override the input side of the preset, pixels")
+    parser.add_argument("--filters", type=int, help="override the filters per convolution of the preset")
+    parser.add_argument("--batch-size", type=int, help="override the batch size of the preset")
     parser.add_argument("--precisions", nargs="+", default=["float32", "mixed"],
                         help="Keras dtype policies; 'mixed': mixed_float16 on a GPU, mixed_bfloat16 on a CPU")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation)")
@@ -267,15 +274,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default="benchmarks/results/training.json", help="results JSON file")
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.warmup, args.steps = "quick", 1, 1
+        args.warmup, args.steps = 1, 1
     if args.isolate is None:
         args.isolate = not args.quick
-    base = SIZES[args.size]
-    args.resolved_size = Size(
-        input_size=args.input_size or base.input_size,
-        num_filters=args.filters or base.num_filters,
-        batch_size=args.batch_size or base.batch_size,
-    )
     for name in ("warmup", "steps"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             parser.error(f"--{name} is too small: {getattr(args, name)}")
@@ -286,14 +287,24 @@ def _mib(value: int | None) -> float | None:
     return None if value is None else value / 2**20
 
 
+def network_size(args: argparse.Namespace, network: str) -> Size:
+    """The size to measure `network` at: the preset's (or `QUICK_SIZE`), with the command-line overrides."""
+    base = QUICK_SIZE if args.quick else preset_size(args.size, network)
+    return Size(
+        input_size=args.input_size or base.input_size,
+        num_filters=args.filters or base.num_filters,
+        batch_size=args.batch_size or base.batch_size,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    size = args.resolved_size
     run = run_isolated if args.isolate else (lambda function, *a: function(*a))
     rows = []
     for precision in args.precisions:
         for network in args.networks:
-            print(f"training {network} at {input_side(network, size)} px, {precision} ...", flush=True)
+            size = network_size(args, network)
+            print(f"training {network} at {size.input_size} px, {precision} ...", flush=True)
             rows.append(run(measure_training, network, size, precision, args.warmup, args.steps,
                             args.peak_tflops, 256 if args.quick else 2048))
     machine = rows[0].pop("machine")
@@ -310,9 +321,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ))
     results: dict[str, Any] = {"training": rows}
     if not args.skip_scn_spatial:
-        spatial = SCN_SPATIAL if not args.quick else {"grid": 8, "kernel_size": 5, "channels": 6}
+        spatial = SCN_SPATIAL_QUICK if args.quick else SCN_SPATIAL
         print("SCN spatial part: masked vs naive ...", flush=True)
-        scn = run(measure_scn_spatial, size.batch_size, spatial["grid"], spatial["channels"],
+        scn = run(measure_scn_spatial, spatial["batch_size"], spatial["grid"], spatial["channels"],
                   spatial["kernel_size"], args.warmup, max(args.steps, 3))
         results["scn_spatial"] = scn
         print(format_table(
@@ -322,8 +333,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ))
         print(f"max |masked - naive| = {scn['max_abs_difference']:.3g} "
               f"(output scale {scn['output_scale']:.3g})")
-    config = {key: value for key, value in vars(args).items() if key != "resolved_size"}
-    config["size_resolved"] = asdict(size)
+    config = vars(args)
     write_results(args.output, "training", config, results, machine=machine)
     print(f"wrote {args.output}")
     return results
