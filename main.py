@@ -1,0 +1,392 @@
+"""Anatomical landmark localisation by heatmap regression (Payer et al., MICCAI 2016 and MIA 2019), Keras 3.
+
+Run from the repository root:
+
+    python main.py                                      # CPU preset: synthetic hands (generated on the
+                                                        # first run into data/synthetic_hand/), a few minutes
+    python main.py --preset paper --dataset hand_xray_dataset   # the papers' hand setup, 3-fold CV (GPU)
+    python main.py --network scn unet --cv all --max-iter 2000  # several networks x folds
+    python main.py --dataset DIR --dim 3 --num-landmarks 10 --image-size 64 64 64  # 3D volumes
+    python main.py --resume output/scn_cv1/<timestamp>  # continue a run from its last checkpoint
+    python main.py --help                               # every parameter, with its unit
+    KERAS_BACKEND=jax python main.py ...                # any Keras backend: tensorflow (default), jax, torch
+
+The parameters below are the defaults (the "cpu" preset); edit them here or override any of them on the
+command line. A dataset folder holds ``images/<id>.<ext>``, ``setup/all.csv`` (``id,x0,y0,...``),
+``setup/cv/set<k>/{train,test}.txt`` and ``setup/{train,test}.txt`` (for ``--cv none``). Each run writes
+``<output>/<network>_<fold>/<timestamp>/`` (config, script copies, checkpoints, logs, ``iter_<n>/`` tests);
+``<output>/summary.json`` summarises all runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from dataset import Dataset
+from network import NETWORKS, build_network, heatmap_factor
+from utils.io.atomic import write_json_atomic
+from utils.landmarks.statistics import format_fold_table
+from utils.synthetic import generate_hand_dataset, generate_volume_dataset
+from utils.training.evaluation import Evaluation, evaluate, main_figures, summarize
+from utils.training.loop import Schedule, compile_training_model, make_optimizer, train
+from utils.training.output import RunFolder, config_to_dict, read_config
+
+
+@dataclass
+class Parameters:
+    """The experiment parameters (units in the comments). Coordinates and sizes are in (x, y[, z]) order."""
+
+    # ---- I/O ----
+    dataset: str = "data/synthetic_hand"  # dataset folder; the synthetic hands are generated when it is empty
+    output: str = "output"  # experiment output folder (one subfolder per network and fold)
+    save_debug_images: bool = False  # write a few augmented training images with their targets per run
+    synthetic_images: int = 120  # number of synthetic images generated into an empty dataset folder
+    # ---- data ----
+    dim: int = 2  # spatial dimension: 2 (radiographs) or 3 (volumes)
+    num_landmarks: int = 37  # landmarks per image (hand: 37)
+    cv: str = "1"  # cross-validation fold "1", "2", "3", "all" (folds 1-3) or "none" (setup/{train,test}.txt)
+    image_size: tuple[int, ...] = (128, 128)  # network input size, pixels
+    heatmap_size: tuple[int, ...] | None = None  # heatmap size, pixels; None: image_size / heatmap factor
+    sigma: float = 3.0  # Gaussian sigma of the target heatmaps, heatmap pixels
+    # ---- model ----
+    networks: tuple[str, ...] = (
+        "scn",
+    )  # networks to train: scn, unet, downsampling_net, conv_only, scn_unet
+    num_filters: int = 32  # convolution filters per layer (paper: 128)
+    weight_decay: float = 5e-5  # L2 weight decay factor on the kernels (added to the loss)
+    # ---- optimiser ----
+    optimizer: str = "adam"  # "sgd" (Nesterov momentum, as in the paper) or "adam"
+    learning_rate: float = 1e-4  # step size (paper SGD: 1e-7, for the sum-of-squares loss)
+    momentum: float = 0.99  # SGD momentum (ignored by Adam)
+    batch_size: int = 8  # images per iteration
+    max_iter: int = 1000  # training iterations (batches)
+    test_iter: int = 500  # test on the validation images every this many iterations
+    snapshot_iter: int = 500  # save a checkpoint every this many iterations
+    test_at_start: bool = False  # also test before the first iteration
+    # ---- system ----
+    seed: int = 0  # seed of weights, augmentation and data order
+    workers: int = 0  # data-loading processes (0: load in the main process)
+    mixed_precision: bool = False  # float16 compute with float32 weights (GPU)
+
+
+# Presets: values that replace the defaults above. "cpu" is the default above (a few minutes on 2 cores);
+# "paper" is the hand configuration of Payer et al. (MIA 2019): 256x256 input, sigma 3 px, batch 8,
+# 20,000 iterations, tests every 5,000, SGD with Nesterov momentum 0.99 and learning rate 1e-7, weight decay
+# 5e-5, 128 filters, 3-fold cross-validation on the Digital Hand Atlas.
+PRESETS: dict[str, dict] = {
+    "cpu": {},
+    "paper": {
+        "dataset": "hand_xray_dataset",
+        "dim": 2,
+        "num_landmarks": 37,
+        "cv": "all",
+        "image_size": (256, 256),
+        "heatmap_size": None,
+        "sigma": 3.0,
+        "networks": ("scn", "unet", "downsampling_net", "conv_only"),
+        "num_filters": 128,
+        "weight_decay": 5e-5,
+        "optimizer": "sgd",
+        "learning_rate": 1e-7,
+        "momentum": 0.99,
+        "batch_size": 8,
+        "max_iter": 20000,
+        "test_iter": 5000,
+        "snapshot_iter": 5000,
+    },
+}
+# Per-network exceptions of a preset (the paper: ConvOnly-Net at 128x128; Downsampling-Net heatmaps of
+# 64x64 with sigma 1.5). An option given on the command line wins over these.
+NETWORK_PRESETS: dict[str, dict[str, dict]] = {
+    "cpu": {"downsampling_net": {"sigma": 1.5}},
+    "paper": {"conv_only": {"image_size": (128, 128)}, "downsampling_net": {"sigma": 1.5}},
+}
+
+HELP = {
+    "dataset": "dataset folder (images/, setup/); an empty or missing one gets the synthetic hands",
+    "output": "experiment output folder",
+    "save_debug_images": "write a few augmented training images with their targets into each run folder",
+    "synthetic_images": "number of synthetic images generated into an empty dataset folder",
+    "dim": "spatial dimension: 2 (radiographs) or 3 (volumes)",
+    "num_landmarks": "landmarks per image",
+    "cv": "cross-validation fold; 'all' runs folds 1-3, 'none' uses setup/{train,test}.txt",
+    "image_size": "network input size in pixels, W H [D]",
+    "heatmap_size": "heatmap size in pixels, W H [D]; None: image size / the network's heatmap factor",
+    "sigma": "Gaussian sigma of the target heatmaps, in heatmap pixels",
+    "networks": "network(s) to train",
+    "num_filters": "convolution filters per layer (paper: 128)",
+    "weight_decay": "L2 weight decay factor on the convolution kernels",
+    "optimizer": "optimizer: sgd (Nesterov momentum) or adam",
+    "learning_rate": "learning rate (paper SGD: 1e-7 for the sum-of-squares loss)",
+    "momentum": "SGD momentum",
+    "batch_size": "images per training iteration",
+    "max_iter": "training iterations (batches)",
+    "test_iter": "test on the validation images every N iterations",
+    "snapshot_iter": "save a checkpoint every N iterations",
+    "test_at_start": "also test before the first training iteration",
+    "seed": "random seed of weights, augmentation and data order",
+    "workers": "data-loading processes (0: load in the main process)",
+    "mixed_precision": "float16 compute with float32 weights (useful on GPUs)",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line: every parameter above is an option (--max-iter for max_iter); unknown options are errors.
+# ---------------------------------------------------------------------------------------------------------
+
+
+METAVARS = {"dataset": "DIR", "output": "DIR", "sigma": "S", "learning_rate": "LR"}
+
+
+def _option(name: str) -> str:
+    """The command-line option of a parameter: "max_iter" -> "--max-iter" ("networks" -> "--network")."""
+    return "--network" if name == "networks" else "--" + name.replace("_", "-")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser: one option per `Parameters` field, plus --preset and --resume.
+
+    Options left out keep the value of the preset (or of the resumed run); argparse rejects unknown ones.
+    """
+    parse = argparse.ArgumentParser(
+        prog="main.py",
+        description="Landmark localisation by heatmap regression: train, test, summarise networks x folds.",
+    )
+    parse.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="cpu",
+        help="parameter preset (default: cpu, see main.py)",
+    )
+    parse.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run folder from its last checkpoint, with its config.json",
+    )
+    defaults = Parameters()
+    for field in dataclasses.fields(Parameters):
+        default = getattr(defaults, field.name)
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        kwargs: dict = {"dest": field.name, "default": argparse.SUPPRESS}
+        kwargs["help"] = f"{HELP[field.name]} (default: {shown})"
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif field.name in ("image_size", "heatmap_size"):
+            kwargs.update(type=int, nargs="+", metavar="N")
+        elif field.name == "networks":
+            kwargs.update(nargs="+", choices=NETWORKS, metavar="NAME")
+            kwargs["help"] = f"{HELP['networks']}: {', '.join(NETWORKS)} (default: {shown})"
+        elif field.name == "cv":
+            kwargs["choices"] = ("1", "2", "3", "all", "none")
+        elif field.name == "dim":
+            kwargs.update(type=int, choices=(2, 3))
+        elif field.name == "optimizer":
+            kwargs["choices"] = ("sgd", "adam")
+        else:
+            kwargs["type"] = type(default)
+            kwargs["metavar"] = METAVARS.get(field.name, "N" if isinstance(default, int) else "X")
+        parse.add_argument(_option(field.name), **kwargs)
+    return parse
+
+
+def _replace(params: Parameters, values: dict) -> Parameters:
+    """`params` with `values` replacing fields (lists become tuples)."""
+    return dataclasses.replace(
+        params, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    )
+
+
+def check(params: Parameters) -> Parameters:
+    """Returns `params` unchanged, or raises ValueError naming the parameter that is out of range."""
+    for name in ("num_landmarks", "batch_size", "max_iter", "test_iter", "snapshot_iter", "num_filters"):
+        if getattr(params, name) < 1:
+            raise ValueError(f"{_option(name)} must be at least 1, got {getattr(params, name)}")
+    for name in ("image_size", "heatmap_size"):
+        size = getattr(params, name)
+        if size is not None and (len(size) != params.dim or min(size) < 1):
+            raise ValueError(
+                f"{_option(name)} needs {params.dim} positive sizes (--dim {params.dim}), got {size}"
+            )
+    if not params.sigma > 0 or not params.learning_rate > 0 or params.weight_decay < 0:
+        raise ValueError(
+            f"--sigma and --learning-rate must be positive and --weight-decay >= 0, got {params.sigma}, "
+            f"{params.learning_rate}, {params.weight_decay}"
+        )
+    return params
+
+
+def resolve(preset: str, overrides: dict, network: str | None = None) -> Parameters:
+    """The parameters of an experiment (or of one network's runs): defaults < preset < network preset < CLI.
+
+    Args:
+        preset: a key of `PRESETS`.
+        overrides: parameters given explicitly (command line), field name -> value.
+        network: apply this network's exceptions of the preset and train only it; None: the whole experiment.
+    """
+    params = _replace(Parameters(), PRESETS[preset])
+    if network is not None:
+        params = _replace(params, NETWORK_PRESETS[preset].get(network, {}) | {"networks": (network,)})
+    return check(_replace(params, {k: v for k, v in overrides.items() if network is None or k != "networks"}))
+
+
+def folds(cv: str) -> list[str]:
+    """The folds a --cv value runs: "all" -> ["1", "2", "3"], others -> [cv]."""
+    return ["1", "2", "3"] if cv == "all" else [cv]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The experiment: data -> network -> train (with tests) -> summary across folds.
+# ---------------------------------------------------------------------------------------------------------
+
+
+# The scripts that define a run, copied into every run folder.
+SCRIPTS = tuple(Path(inspect.getsourcefile(item)) for item in (Parameters, Dataset, build_network))
+
+
+def prepare_dataset(params: Parameters) -> Path:
+    """The dataset folder; an empty or missing one gets the synthetic data set (hands in 2D, volumes in 3D).
+
+    Raises:
+        FileNotFoundError: if the folder has setup files but no images (real data not yet placed there).
+    """
+    folder = Path(params.dataset)
+    images = folder / "images"
+    if images.is_dir() and any(images.iterdir()):
+        return folder
+    if (folder / "setup").is_dir() and any((folder / "setup").iterdir()):
+        raise FileNotFoundError(
+            f"no images in {images}: place the images there (see {folder / 'README.md'}) or choose another "
+            "--dataset"
+        )
+    kind = "hand" if params.dim == 2 else "volume"
+    print(
+        f"{images} has no images: generating {params.synthetic_images} synthetic {kind} images into "
+        f"{folder} ..."
+    )
+    generate = generate_hand_dataset if params.dim == 2 else generate_volume_dataset
+    generate(folder, num_images=params.synthetic_images, seed=params.seed, progress=True)
+    print(
+        f"Synthetic data set written to {folder.resolve()}. To use real data, put images/<id>.mha, "
+        "setup/all.csv and setup/cv/set<k>/{train,test}.txt into a folder and pass --dataset FOLDER "
+        "(see README.md)."
+    )
+    return folder
+
+
+def run_name(network: str, fold: str) -> str:
+    """The run folder name of a network on a fold: "scn_cv1", or "scn_full" for --cv none."""
+    return f"{network}_full" if fold == "none" else f"{network}_cv{fold}"
+
+
+def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> Evaluation:
+    """Trains `params.networks[0]` on fold `params.cv` in `run`, testing on the way; returns the last test."""
+    network_name = params.networks[0]
+    keras.backend.clear_session()  # free the previous run's models and traced functions
+    keras.utils.set_random_seed(params.seed)
+    keras.mixed_precision.set_global_policy("mixed_float16" if params.mixed_precision else "float32")
+    factor = heatmap_factor(network_name)
+    heatmap_size = params.heatmap_size or tuple(size // factor for size in params.image_size)
+    dataset = Dataset(
+        params.dataset,
+        fold=params.cv,
+        dim=params.dim,
+        num_landmarks=params.num_landmarks,
+        image_size=params.image_size,
+        heatmap_size=heatmap_size,
+        sigma=params.sigma,
+        batch_size=params.batch_size,
+        seed=params.seed,
+        workers=params.workers,
+    )
+    if params.save_debug_images:
+        dataset.save_debug_images(run.root / "debug")
+    network = build_network(
+        network_name,
+        (*reversed(params.image_size), 1),
+        params.num_landmarks,
+        num_filters=params.num_filters,
+        weight_decay=params.weight_decay,
+    )
+    model = compile_training_model(
+        network, make_optimizer(params.optimizer, params.learning_rate, params.momentum)
+    )
+    validation = list(dataset.validation_dataset())
+    tests: list[Evaluation] = []
+
+    def test(iteration: int) -> dict:
+        result = evaluate(
+            network,
+            validation,
+            run.iteration(iteration),
+            dataset.to_csv_units,
+            batch_size=params.batch_size,
+            name=run.root.parent.name,
+        )
+        tests.append(result)
+        print(f"test at iteration {iteration}: {format_scalars(result.scalars())}")
+        return result.scalars()
+
+    schedule = Schedule(params.max_iter, params.test_iter, params.snapshot_iter, params.test_at_start)
+    state = {"seed": params.seed, "batch_size": params.batch_size}
+    train(model, dataset.train_dataset, run, schedule, evaluate=test, state=state, resume=resume)
+    if not tests:  # resumed a finished run: test its final state
+        test(params.max_iter)
+    return tests[-1]
+
+
+def format_scalars(scalars: dict) -> str:
+    """ "pe_mean 1.234, pe_median ..." with None shown as "-"."""
+    return ", ".join(f"{k} {'-' if v is None else format(v, '.3f')}" for k, v in scalars.items())
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Runs the experiment of the command line; returns the summary (also written to summary.json)."""
+    parse = parser()
+    args = vars(parse.parse_args(argv))
+    preset, resume = args.pop("preset"), args.pop("resume")
+    try:
+        if resume:
+            saved = read_config(Path(resume) / "config.json", Parameters)
+            runs = [(check(_replace(saved, args)), RunFolder.open(resume))]
+        else:
+            experiment = resolve(preset, args)
+            prepare_dataset(experiment)
+            runs = []
+            for network in experiment.networks:
+                per_network = resolve(preset, args, network)
+                for fold in folds(experiment.cv):
+                    runs.append((dataclasses.replace(per_network, cv=fold), None))
+    except (ValueError, FileNotFoundError) as error:
+        parse.error(str(error))
+    results: dict[str, dict[str, Evaluation]] = {}
+    for params, run in runs:
+        name = run_name(params.networks[0], params.cv)
+        if run is None:
+            run = RunFolder.create(params.output, name, config_to_dict(params), scripts=SCRIPTS)
+        else:
+            write_json_atomic(run.config, config_to_dict(params))  # the resumed run's (possibly new) settings
+        print(f"=== {name}: {run.root}")
+        results.setdefault(params.networks[0], {})[name] = train_and_test(params, run, resume=bool(resume))
+    summary = {network: summarize(evaluations) for network, evaluations in results.items()}
+    for network, evaluations in results.items():
+        print(f"\n{network}: point errors of the last test per fold (mm)")
+        print(format_fold_table([e.stats for e in evaluations.values()], list(evaluations)), end="")
+        pooled = summary[network]["pooled"]
+        print(f"pooled over all folds: {format_scalars(main_figures(pooled))}")
+    if not resume:  # a resumed run is one fold: keep the experiment's summary.json
+        output = Path(runs[0][0].output)
+        write_json_atomic(output / "summary.json", summary)
+        print(f"\nsummary written to {output / 'summary.json'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
