@@ -1,0 +1,135 @@
+"""Tests of main.py: command line, presets, configuration files, and end-to-end runs on synthetic data."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("dataset", reason="dataset.py (the Dataset main.py trains on) has not landed yet")
+
+import main  # noqa: E402
+from main import PRESETS, Parameters, check, parser, resolve  # noqa: E402
+from utils.io.landmarks import read_landmarks_csv  # noqa: E402
+from utils.training.output import config_from_dict, config_to_dict  # noqa: E402
+
+
+def test_unknown_or_mistyped_option_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parser().parse_args(["--max-itr", "5"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --max-itr" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--cv", "4"])
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--network", "resnet"])
+
+
+def test_help_lists_every_parameter_with_its_unit(capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(Parameters):
+        assert main._option(field.name) in text, field.name
+    for option in ("--preset", "--resume", "--cv {1,2,3,all,none}", "--dim {2,3}", "--optimizer {sgd,adam}"):
+        assert option in text
+    assert "network input size in pixels" in text and "in heatmap pixels" in text
+
+
+def test_command_line_values_override_the_preset():
+    args = vars(parser().parse_args(["--preset", "paper", "--max-iter", "7", "--image-size", "64", "64"]))
+    assert args == {"preset": "paper", "resume": None, "max_iter": 7, "image_size": [64, 64]}
+    params = resolve("paper", {"max_iter": 7, "image_size": [64, 64]}, "conv_only")
+    assert params.max_iter == 7 and params.image_size == (64, 64) and params.networks == ("conv_only",)
+    assert parser().parse_args(["--save-debug-images"]).save_debug_images is True
+
+
+def test_presets_resolve_to_the_documented_values():
+    assert resolve("cpu", {}) == Parameters()
+    paper = resolve("paper", {})
+    expected = {
+        "dim": 2,
+        "num_landmarks": 37,
+        "cv": "all",
+        "image_size": (256, 256),
+        "heatmap_size": None,
+        "sigma": 3.0,
+        "networks": ("scn", "unet", "downsampling_net", "conv_only"),
+        "num_filters": 128,
+        "weight_decay": 5e-5,
+        "optimizer": "sgd",
+        "learning_rate": 1e-7,
+        "momentum": 0.99,
+        "batch_size": 8,
+        "max_iter": 20000,
+        "test_iter": 5000,
+        "snapshot_iter": 5000,
+    }
+    assert {key: getattr(paper, key) for key in expected} == expected
+    assert set(PRESETS["paper"]) == set(expected) | {"dataset"}
+    assert resolve("paper", {}, "conv_only").image_size == (128, 128)
+    downsampling = resolve("paper", {}, "downsampling_net")
+    assert downsampling.sigma == 1.5 and downsampling.image_size == (256, 256)
+    assert resolve("paper", {"sigma": 2.0}, "downsampling_net").sigma == 2.0
+
+
+def test_parameter_checks_name_the_option():
+    with pytest.raises(ValueError, match=r"--image-size needs 3 positive sizes \(--dim 3\), got \(128, 128"):
+        check(Parameters(dim=3))
+    with pytest.raises(ValueError, match="--max-iter must be at least 1, got 0"):
+        check(Parameters(max_iter=0))
+
+
+def test_config_round_trip_and_unknown_key():
+    params = resolve("paper", {}, "scn")
+    assert config_from_dict(Parameters, json.loads(json.dumps(config_to_dict(params)))) == params
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['learning_rat'\]"):
+        config_from_dict(Parameters, {"learning_rat": 1.0})
+
+
+def test_folds_and_run_names():
+    assert main.folds("all") == ["1", "2", "3"] and main.folds("none") == ["none"]
+    assert main.run_name("scn", "2") == "scn_cv2" and main.run_name("unet", "none") == "unet_full"
+
+
+def test_dataset_folder_with_setup_but_no_images_is_an_error(tmp_path):
+    (tmp_path / "setup").mkdir()
+    (tmp_path / "setup" / "all.csv").write_text("")
+    with pytest.raises(FileNotFoundError, match="no images in"):
+        main.prepare_dataset(Parameters(dataset=str(tmp_path)))
+
+
+TINY = [
+    "--synthetic-images", "8", "--image-size", "32", "32", "--num-filters", "4", "--batch-size", "2",
+    "--max-iter", "4", "--test-iter", "2", "--snapshot-iter", "2", "--test-at-start",
+]  # fmt: skip
+
+
+def test_end_to_end_run_writes_every_output(tmp_path, capsys):
+    data, output = tmp_path / "data", tmp_path / "out"
+    summary = main.main([*TINY, "--dataset", str(data), "--output", str(output), "--save-debug-images"])
+    printed = capsys.readouterr().out
+    assert "generating 8 synthetic hand images" in printed and "--dataset FOLDER" in printed
+    assert "mean ± std" in printed and "pooled over all folds" in printed
+    (run,) = (output / "scn_cv1").iterdir()
+    for name in ("config.json", "main.py", "dataset.py", "network.py", "history.json", "history.csv",
+                 "training_curves.png", "checkpoints/ckpt_00000004.npz"):  # fmt: skip
+        assert (run / name).is_file(), name
+    assert any((run / "logs").iterdir())
+    assert any((run / "debug").iterdir())
+    for iteration in (0, 2, 4):
+        for name in ("prediction.csv", "stats.json", "stats.txt", "error_distribution.png", "heatmaps.png"):
+            assert (run / f"iter_{iteration}" / name).is_file(), (iteration, name)
+        assert list((run / f"iter_{iteration}").glob("landmarks_*.png"))
+    test_ids = (data / "setup" / "cv" / "set1" / "test.txt").read_text().split()
+    predictions = read_landmarks_csv(run / "iter_4" / "prediction.csv", 37, 2)
+    assert sorted(predictions) == sorted(test_ids)
+    assert all(np.all(np.isfinite(points)) for points in predictions.values())
+    saved = json.loads((output / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert saved["scn"]["runs"]["scn_cv1"]["num_images"] == len(test_ids)
+    assert json.loads((run / "config.json").read_text())["networks"] == ["scn"]
+
+    summary = main.main(["--resume", str(run), "--max-iter", "6"])
+    assert "resumed from" in capsys.readouterr().out
+    assert (run / "checkpoints" / "ckpt_00000006.npz").is_file() and (run / "iter_6" / "stats.json").is_file()
