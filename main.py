@@ -60,7 +60,7 @@ class Parameters:
     networks: tuple[str, ...] = (
         "scn",
     )  # networks to train: scn, unet, downsampling_net, conv_only, scn_unet
-    num_filters: int = 32  # convolution filters per layer (paper: 128)
+    num_filters: int = 16  # convolution filters per layer (paper: 128)
     weight_decay: float = 5e-5  # L2 weight decay factor on the kernels (added to the loss)
     # ---- optimiser ----
     optimizer: str = "adam"  # "sgd" (Nesterov momentum, as in the paper) or "adam"
