@@ -1,0 +1,151 @@
+"""Tests of utils.data.loader (determinism across worker counts, errors, shutdown) and utils.data.cache."""
+
+import gc
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+
+from utils.data.cache import LRUCache
+from utils.data.loader import BatchLoader, SampleError, collate, epoch_permutation, sample_rng
+
+NUM_SAMPLES = 7
+BATCH_SIZE = 3
+
+
+class TinySample:
+    """Picklable sample maker: the index, one random number and a small array; fails for `fail_index`."""
+
+    def __init__(self, fail_index: int | None = None):
+        self.fail_index = fail_index
+
+    def __call__(self, index: int, rng: np.random.Generator | None) -> dict:
+        if index == self.fail_index:
+            raise ValueError(f"broken sample {index}")
+        noise = np.zeros((4, 5), np.float32) if rng is None else rng.normal(size=(4, 5)).astype(np.float32)
+        return {"index": np.array(index), "image": noise + index, "id": f"case{index}"}
+
+
+def take(iterator, count):
+    return [next(iterator) for _ in range(count)]
+
+
+def assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], np.ndarray):
+                np.testing.assert_array_equal(a[key], b[key])
+            else:
+                assert a[key] == b[key]
+
+
+def shared_memory_segments() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def test_epochs_are_permutations_and_batches_cross_epochs():
+    loader = BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE, seed=5)
+    batches = take(loader.train_batches(), 7)  # 21 positions = 3 epochs of 7
+    indices = np.concatenate([b["index"] for b in batches])
+    for epoch in range(3):
+        np.testing.assert_array_equal(indices[epoch * 7 : (epoch + 1) * 7], epoch_permutation(5, epoch, 7))
+    assert batches[0]["image"].shape == (BATCH_SIZE, 4, 5)
+    assert batches[0]["id"] == [f"case{i}" for i in batches[0]["index"]]
+    first = int(batches[0]["index"][0])
+    expected = sample_rng(5, 0, first).normal(size=(4, 5)).astype(np.float32) + first
+    np.testing.assert_array_equal(batches[0]["image"][0], expected)
+
+
+def test_same_batches_with_0_1_and_4_workers_and_both_transports():
+    reference = take(BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE, seed=3).train_batches(), 6)
+    ordered = list(BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE, seed=3).ordered_batches())
+    assert [len(b["id"]) for b in ordered] == [3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate([b["index"] for b in ordered]), np.arange(NUM_SAMPLES))
+    for workers, transport in ((1, "pickle"), (4, "shared_memory")):
+        with BatchLoader(
+            TinySample(), NUM_SAMPLES, BATCH_SIZE, seed=3, num_workers=workers, transport=transport
+        ) as loader:
+            assert_same_batches(take(loader.train_batches(), 6), reference)
+            assert_same_batches(list(loader.ordered_batches()), ordered)
+    other_seed = take(BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE, seed=4).train_batches(), 1)
+    assert not np.array_equal(other_seed[0]["image"], reference[0]["image"])
+
+
+def test_resume_and_interleaved_iterators_with_workers():
+    reference = take(BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE, seed=1).train_batches(), 5)
+    with BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE, seed=1, num_workers=2) as loader:
+        assert_same_batches(take(loader.train_batches(start_batch=2), 3), reference[2:])
+        train = loader.train_batches()
+        first = take(train, 2)
+        validation = list(loader.ordered_batches(batch_size=4))  # interleaved with a live training stream
+        assert_same_batches(first + take(train, 3), reference)
+    np.testing.assert_array_equal(np.concatenate([b["index"] for b in validation]), np.arange(NUM_SAMPLES))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_sample_error_names_index_and_keeps_traceback(num_workers):
+    with BatchLoader(TinySample(fail_index=4), NUM_SAMPLES, BATCH_SIZE, num_workers=num_workers) as loader:
+        with pytest.raises(SampleError, match="sample 4") as info:
+            list(loader.ordered_batches())
+    assert info.value.index == 4
+    assert "ValueError: broken sample 4" in info.value.details
+    assert "in __call__" in info.value.details
+
+
+def test_workers_stop_on_close_exit_interrupt_and_garbage_collection():
+    before = shared_memory_segments()
+    loader = BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE, num_workers=2, prefetch_batches=4)
+    next(loader.train_batches())  # leaves prefetched batches pending
+    assert len(multiprocessing.active_children()) == 2
+    loader.close()
+    assert multiprocessing.active_children() == []
+
+    with pytest.raises(KeyboardInterrupt):
+        with BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE, num_workers=2) as loader:
+            next(loader.train_batches())
+            raise KeyboardInterrupt
+    assert multiprocessing.active_children() == []
+
+    loader = BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE, num_workers=1)
+    batches = loader.train_batches()
+    next(batches)
+    del batches, loader
+    gc.collect()
+    assert multiprocessing.active_children() == []
+    assert shared_memory_segments() - before == set()
+
+
+def test_invalid_arguments_name_the_value():
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        BatchLoader(TinySample(), 3, 0)
+    with pytest.raises(ValueError, match="'fork'"):
+        BatchLoader(TinySample(), 3, 1, start_method="fork")
+    with pytest.raises(ValueError, match="'image'"):
+        collate([{"image": np.zeros(2)}, {"image": np.zeros(3)}])
+
+
+def test_lru_cache_evicts_least_recently_used_beyond_the_byte_limit():
+    loads = []
+
+    def loader(key):
+        def load():
+            loads.append(key)
+            return np.zeros(key, np.uint8)
+
+        return load
+
+    cache = LRUCache(max_bytes=10, size_of=lambda a: a.nbytes)
+    cache.get(4, loader(4))
+    cache.get(5, loader(5))
+    cache.get(4, loader(4))  # hit: 4 becomes the most recent
+    cache.get(3, loader(3))  # 4 + 5 + 3 > 10: evicts 5
+    assert loads == [4, 5, 3]
+    assert 4 in cache and 3 in cache and 5 not in cache
+    assert cache.total_bytes == 7
+    cache.get(11, loader(11))  # larger than the limit: returned, not kept
+    assert 11 not in cache and cache.total_bytes == 7
+    with pytest.raises(ValueError, match="-1"):
+        LRUCache(-1, size_of=len)
