@@ -472,11 +472,37 @@ class BSplineDisplacement:
             jacobian[finite] = derivatives
         return displacement.reshape(points.shape), jacobian.reshape(points.shape + (self.dim,))
 
+    def grid_weights(self, geometry: Geometry) -> list[np.ndarray]:
+        """Per-axis B-spline weight matrices of a grid whose axes are parallel to the node axes.
+
+        The displacement at voxel (i_x, i_y[, i_z]) is ``sum_{k_x, k_y[, k_z]} W_x[i_x, k_x] W_y[i_y, k_y]
+        [W_z[i_z, k_z]] c[[k_z,] k_y, k_x]``: the field on a grid is separable.
+
+        Args:
+            geometry: Grid with the same direction as the node grid (e.g. the output grid it was drawn on).
+
+        Returns:
+            One (size_a, n_a) float64 matrix per axis, order (x, y[, z]).
+        """
+        if geometry.dim != self.dim or not np.allclose(geometry.direction_matrix, self.direction, atol=1e-9):
+            raise ValueError(f"BSplineDisplacement: geometry direction {geometry.direction} is not "
+                             f"the node grid's {tuple(self.direction.ravel())}")
+        start = self._node_coordinates(np.asarray(geometry.origin))
+        matrices = []
+        for axis in range(self.dim):
+            size = geometry.size[axis]
+            u = start[axis] + np.arange(size) * (geometry.spacing[axis] / self.spacing[axis])
+            first, weights, _ = _cubic_bspline_weights(u)
+            matrix = np.zeros((size, self.nodes[axis] + 2 * _PAD))
+            columns = np.clip(first[:, None] + np.arange(4) + _PAD, 0, matrix.shape[1] - 1)
+            matrix[np.arange(size)[:, None], columns] = weights
+            matrices.append(matrix[:, _PAD:-_PAD])
+        return matrices
+
     def on_grid(self, geometry: Geometry) -> np.ndarray:
         """Displacements at every voxel of a grid whose axes are parallel to the node axes (separable).
 
-        For each axis a (size_a x n_a) matrix of B-spline weights is built; the field is the coefficient
-        grid contracted with these matrices, one axis at a time.
+        The coefficient grid is contracted with the `grid_weights` matrices, one axis at a time.
 
         Args:
             geometry: Grid with the same direction as the node grid (e.g. the output grid it was drawn on).
@@ -484,20 +510,9 @@ class BSplineDisplacement:
         Returns:
             (*geometry.shape, dim) float64 displacements in physical units, components (x, y[, z]).
         """
-        if geometry.dim != self.dim or not np.allclose(geometry.direction_matrix, self.direction, atol=1e-9):
-            raise ValueError(f"BSplineDisplacement.on_grid: geometry direction {geometry.direction} is not "
-                             f"the node grid's {tuple(self.direction.ravel())}")
-        start = self._node_coordinates(np.asarray(geometry.origin))
         field = self.coefficients
-        for array_axis in range(self.dim):
-            axis = self.dim - 1 - array_axis
-            size = geometry.size[axis]
-            u = start[axis] + np.arange(size) * (geometry.spacing[axis] / self.spacing[axis])
-            first, weights, _ = _cubic_bspline_weights(u)
-            matrix = np.zeros((size, self.nodes[axis] + 2 * _PAD))
-            columns = np.clip(first[:, None] + np.arange(4) + _PAD, 0, matrix.shape[1] - 1)
-            matrix[np.arange(size)[:, None], columns] = weights
-            matrix = matrix[:, _PAD:-_PAD]
+        for axis, matrix in enumerate(self.grid_weights(geometry)):
+            array_axis = self.dim - 1 - axis
             field = np.moveaxis(np.tensordot(matrix, field, axes=([1], [array_axis])), 0, array_axis)
         return field
 

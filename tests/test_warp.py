@@ -1,0 +1,99 @@
+"""Tests of utils.transforms.warp: compiled resampling equals SimpleITK's; block averaging keeps geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from utils.transforms.geometry import Geometry
+from utils.transforms.spatial import (
+    CenterToOrigin,
+    FitToOutput,
+    OriginToOutputCenter,
+    RandomBSplineDeformation,
+    RandomRotate,
+    RandomScale,
+    RandomTranslate,
+    SpatialAugmentation,
+)
+from utils.transforms.warp import block_average, block_average_factor, warp
+
+
+def _image(shape, spacing, origin, rng) -> sitk.Image:
+    array = rng.random(shape, dtype=np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    return image
+
+
+def _chain(dim: int, deform: bool) -> SpatialAugmentation:
+    rotation = RandomRotate(0.3 if dim == 2 else [0.2] * 3)
+    steps = [CenterToOrigin(), FitToOutput(), RandomTranslate(5.0), rotation, RandomScale(0.1, 0.05),
+             OriginToOutputCenter()]
+    return SpatialAugmentation(steps, RandomBSplineDeformation(5 if dim == 2 else 4, 8.0) if deform else None)
+
+
+@pytest.mark.parametrize("deform", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_warp_2d_equals_simpleitk(seed, deform):
+    rng = np.random.default_rng(seed)
+    image = _image((90, 70), (0.7, 1.3), (5.0, -2.0), rng)
+    transform = _chain(2, deform).sample(Geometry.from_image(image), Geometry.grid((48, 40)), rng)
+    expected = transform.resample(image)
+    result = warp(sitk.GetArrayFromImage(image), Geometry.from_image(image), transform)
+    assert result.shape == expected.shape == (40, 48) and result.dtype == np.float32
+    np.testing.assert_allclose(result, expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("deform", [False, True])
+def test_warp_3d_equals_simpleitk(deform):
+    rng = np.random.default_rng(3)
+    image = _image((30, 26, 22), (1.0, 1.0, 0.8), (0.0, 3.0, -4.0), rng)
+    transform = _chain(3, deform).sample(Geometry.from_image(image), Geometry.grid((20, 18, 16)), rng)
+    expected = transform.resample(image, default_value=-1.0)
+    result = warp(sitk.GetArrayFromImage(image), Geometry.from_image(image), transform, default_value=-1.0)
+    assert (result == -1.0).mean() < 0.5
+    assert result.shape == (16, 18, 20)
+    np.testing.assert_allclose(result, expected, atol=2e-5)
+
+
+def test_block_average_keeps_geometry_and_means():
+    geometry = Geometry.grid((7, 4), spacing=(0.5, 2.0), origin=(1.0, 1.0))
+    array = np.arange(28, dtype=np.float32).reshape(4, 7)
+    reduced, reduced_geometry = block_average(array, geometry, 2)
+    np.testing.assert_allclose(reduced, [[4, 6, 8], [18, 20, 22]])  # e.g. mean of 0, 1, 7, 8
+    assert reduced_geometry == geometry.downsampled(2)
+    # the physical centre of block (0, 0) is the mean position of its four voxels
+    corners = geometry.index_to_physical(np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=float))
+    np.testing.assert_allclose(reduced_geometry.index_to_physical(np.zeros(2)), corners.mean(axis=0))
+    with pytest.raises(ValueError, match="factor must be >= 1"):
+        block_average(array, geometry, 0)
+
+
+def test_block_averaged_blob_lands_where_the_landmark_goes():
+    """A smooth blob in a large image, resampled from its block average, peaks where input_to_output says."""
+    rng = np.random.default_rng(4)
+    geometry = Geometry.grid((1200, 1600))
+    centre = np.array([530.3, 870.6])
+    yy, xx = np.mgrid[0:1600, 0:1200]
+    array = np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * 40.0**2)).astype(np.float32)
+    transform = _chain(2, True).sample(geometry, Geometry.grid((128, 128)), rng)
+    factor = block_average_factor(_chain(2, True).sample(geometry, Geometry.grid((128, 128)), None))
+    assert factor == 12  # 1600 / 128 = 12.5 input pixels per output pixel in the validation chain
+    reduced, reduced_geometry = block_average(array, geometry, factor)
+    result = warp(reduced, reduced_geometry, transform)
+    expected = transform.input_to_output(centre)
+    weights = np.clip(result - 0.5, 0, None)
+    oy, ox = np.mgrid[0:128, 0:128]
+    centroid = np.array([(weights * ox).sum(), (weights * oy).sum()]) / weights.sum()
+    np.testing.assert_allclose(centroid, expected, atol=0.1)
+
+
+def test_warp_rejects_mismatched_source():
+    rng = np.random.default_rng(5)
+    geometry = Geometry.grid((10, 12))
+    transform = _chain(2, False).sample(geometry, Geometry.grid((8, 8)), rng)
+    with pytest.raises(ValueError, match="does not match"):
+        warp(np.zeros((10, 12), np.float32), geometry, transform)
