@@ -1,0 +1,172 @@
+"""Sample assembly: one spatial draw moves an image and its landmarks alike, then intensities and targets.
+
+Dataset-agnostic: a `SourceImage` (decoded once per image and cached by the caller) and its landmarks in
+PHYSICAL coordinates go in; the network input, the heatmap targets, the landmark mask and the sample's
+`SampleTransform` (kept to map predictions back) come out.
+
+    source = prepare_source(read_image(path), spatial, output)      # once per image (cache it)
+    sample = SampleGenerator(spatial, intensity, output, heatmap_factor=1, sigma=3.0)
+    arrays, transform = sample(source, landmarks, rng)               # rng None: validation chain
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from utils.landmarks.heatmaps import gaussian_heatmaps
+from utils.transforms.geometry import Geometry
+from utils.transforms.intensity import IntensityAugmentation, rescale_intensity, robust_range
+from utils.transforms.spatial import SampleTransform, SpatialAugmentation
+from utils.transforms.warp import block_average, block_average_factor, warp
+
+__all__ = ["SampleGenerator", "SourceImage", "prepare_source", "read_geometry"]
+
+
+@dataclass(frozen=True, eq=False)
+class SourceImage:
+    """A decoded source image, ready to be resampled many times.
+
+    Attributes:
+        geometry: Geometry of the original image (the physical space its landmarks live in).
+        array: float32 intensities in NumPy order ([z,] y, x): the image, block-averaged when it is much
+            finer than the output grid (anti-aliasing; see `utils.transforms.warp.block_average`).
+        array_geometry: Geometry of `array` (the same physical space as `geometry`).
+        intensity_range: (lo, hi) robust intensity range of the original image (1st/99th percentiles).
+    """
+
+    geometry: Geometry
+    array: np.ndarray
+    array_geometry: Geometry
+    intensity_range: tuple[float, float]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the array, in bytes (for the cache's limit)."""
+        return int(self.array.nbytes)
+
+
+def prepare_source(image: sitk.Image, spatial: SpatialAugmentation, output: Geometry) -> SourceImage:
+    """Decodes an image once: float32 array, robust intensity range, block-averaged copy for resampling.
+
+    The block size is chosen from the validation (non-random) transform so that one output pixel still
+    spans about two averaged pixels.
+
+    Args:
+        image: The source image (2D or 3D, any pixel type with one component).
+        spatial: The spatial chain the samples will be drawn from.
+        output: The output (network input) grid.
+
+    Returns:
+        The prepared `SourceImage`.
+    """
+    geometry = Geometry.from_image(image)
+    array = sitk.GetArrayViewFromImage(image).astype(np.float32)
+    factor = block_average_factor(spatial.sample(geometry, output, None))
+    reduced, reduced_geometry = block_average(array, geometry, factor)
+    return SourceImage(geometry, reduced, reduced_geometry, robust_range(array))
+
+
+def read_geometry(path: str | os.PathLike, ignore_spacing: bool = False) -> Geometry:
+    """Reads only the header of an image file and returns its geometry (as `utils.io.image.read_image`
+    would give it: a 3D image with a last axis of size 1 becomes 2D; spacing 1 with `ignore_spacing`).
+
+    Args:
+        path: Image file in any format SimpleITK reads.
+        ignore_spacing: If True, the spacing is 1 on every axis.
+
+    Returns:
+        The image's `Geometry`.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: SimpleITK cannot read the file's header (names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot read image {path}: {first_line}") from error
+    size, spacing, origin = reader.GetSize(), reader.GetSpacing(), reader.GetOrigin()
+    direction = np.asarray(reader.GetDirection()).reshape(len(size), len(size))
+    if len(size) == 3 and size[2] == 1:
+        size, spacing, origin, direction = size[:2], spacing[:2], origin[:2], direction[:2, :2]
+    if ignore_spacing:
+        spacing = (1.0,) * len(size)
+    return Geometry(tuple(size), tuple(spacing), tuple(origin), tuple(direction.ravel()))
+
+
+class SampleGenerator:
+    """Makes one training or validation sample from a source image and its landmarks.
+
+    Per sample: one `SpatialAugmentation` draw gives the transform; the image is resampled through it onto
+    the output grid and the landmarks are mapped input -> output with it; the intensities are rescaled
+    with the source's robust range to [-1, 1] and augmented; Gaussian targets are drawn on the heatmap grid
+    (the output grid downsampled by `heatmap_factor`).
+
+    Args:
+        spatial: Spatial chain (OUTPUT -> INPUT map; landmarks go through its inverse).
+        intensity: Intensity augmentation applied after the robust rescaling.
+        output: Output (network input) grid; origin 0, identity direction, spacing 1 (output pixels).
+        heatmap_factor: Integer downsampling of the heatmap grid relative to the output grid (1: same grid).
+        sigma: Gaussian standard deviation in heatmap pixels (float, or (N,) per landmark).
+
+    Raises:
+        ValueError: For a heatmap factor below 1 or one that does not divide the output size.
+    """
+
+    def __init__(
+        self,
+        spatial: SpatialAugmentation,
+        intensity: IntensityAugmentation,
+        output: Geometry,
+        heatmap_factor: int,
+        sigma: float | np.ndarray,
+    ):
+        if heatmap_factor < 1 or any(size % heatmap_factor for size in output.size):
+            raise ValueError(
+                f"heatmap_factor must be a positive divisor of the output size {output.size}, "
+                f"got {heatmap_factor}"
+            )
+        self.spatial = spatial
+        self.intensity = intensity
+        self.output = output
+        self.heatmap_geometry = output.downsampled(heatmap_factor)
+        self.sigma = sigma
+
+    def __call__(
+        self, source: SourceImage, landmarks: np.ndarray, rng: np.random.Generator | None
+    ) -> tuple[dict[str, np.ndarray], SampleTransform]:
+        """Makes one sample.
+
+        Args:
+            source: The prepared source image.
+            landmarks: (N, dim) physical landmarks of the source, order (x, y[, z]); NaN rows = missing.
+            rng: Generator for every random draw of this sample (spatial first, then intensity), or None
+                for the validation chain (no randomness).
+
+        Returns:
+            arrays: {"image": (*output.shape, 1) float32, "heatmaps": (*heatmap shape, N) float32 with
+                peak 1, "mask": (N,) float32: 1 where the landmark is present and inside the heatmap grid,
+                0 where it is missing or mapped outside (its heatmap is then all zero)};
+            transform: the sample's `SampleTransform` (output physical = output pixels <-> source physical).
+        """
+        transform = self.spatial.sample(source.geometry, self.output, rng)
+        image = warp(source.array, source.array_geometry, transform)
+        lo, hi = source.intensity_range
+        image = self.intensity(rescale_intensity(image, lo, hi), rng)
+        points = self.heatmap_geometry.physical_to_index(transform.input_to_output(landmarks))
+        size = np.asarray(self.heatmap_geometry.size)
+        inside = np.all((points >= -0.5) & (points <= size - 0.5), axis=1)  # NaN compares False
+        heatmaps = gaussian_heatmaps(points, self.heatmap_geometry.shape, self.sigma)
+        arrays = {"image": image[..., None], "heatmaps": heatmaps, "mask": inside.astype(np.float32)}
+        return arrays, transform
