@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
 
+import numba
 import numpy as np
 import SimpleITK as sitk
 
@@ -335,25 +336,83 @@ class RandomFlip:
 # cubic B-spline deformation
 
 
+@numba.njit(cache=True, nogil=True)
 def _cubic_bspline_weights(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Uniform cubic B-spline weights of the four nodes around continuous node coordinates.
 
     Args:
-        u: (...,) continuous node coordinates (finite).
+        u: (n,) continuous node coordinates (finite).
 
     Returns:
-        first: (...,) int64 index of the first of the four nodes (``floor(u) - 1``);
-        weights: (..., 4) weights of nodes first .. first + 3 (they sum to 1);
-        derivatives: (..., 4) derivatives of those weights with respect to u.
+        first: (n,) int64 index of the first of the four nodes (``floor(u) - 1``);
+        weights: (n, 4) weights of nodes first .. first + 3 (they sum to 1);
+        derivatives: (n, 4) derivatives of those weights with respect to u.
     """
-    floor = np.floor(u)
-    f = (u - floor)[..., None]
-    g = 1.0 - f
-    weights = np.concatenate(
-        [g**3, 4.0 - 6.0 * f**2 + 3.0 * f**3, 1.0 + 3.0 * f + 3.0 * f**2 - 3.0 * f**3, f**3], axis=-1) / 6.0
-    derivatives = np.concatenate(
-        [-0.5 * g**2, 1.5 * f**2 - 2.0 * f, 0.5 + f - 1.5 * f**2, 0.5 * f**2], axis=-1)
-    return floor.astype(np.int64) - 1, weights, derivatives
+    count = u.shape[0]
+    first = np.empty(count, dtype=np.int64)
+    weights = np.empty((count, 4))
+    derivatives = np.empty((count, 4))
+    for i in range(count):
+        floor = np.floor(u[i])
+        f = u[i] - floor
+        g = 1.0 - f
+        first[i] = int(floor) - 1
+        weights[i, 0] = g**3 / 6.0
+        weights[i, 1] = (4.0 - 6.0 * f**2 + 3.0 * f**3) / 6.0
+        weights[i, 2] = (1.0 + 3.0 * f + 3.0 * f**2 - 3.0 * f**3) / 6.0
+        weights[i, 3] = f**3 / 6.0
+        derivatives[i, 0] = -0.5 * g**2
+        derivatives[i, 1] = 1.5 * f**2 - 2.0 * f
+        derivatives[i, 2] = 0.5 + f - 1.5 * f**2
+        derivatives[i, 3] = 0.5 * f**2
+    return first, weights, derivatives
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_points(padded: np.ndarray, node_counts: np.ndarray, u: np.ndarray, pad: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """B-spline values and their derivatives with respect to node coordinates at P points (compiled).
+
+    Args:
+        padded: (n_total, dim) coefficients of the zero-padded node grid, flattened in C order of the
+            NumPy-ordered node axes ([z,] y, x).
+        node_counts: (dim,) int64 padded node counts, order (x, y[, z]).
+        u: (P, dim) continuous node coordinates of the unpadded grid, order (x, y[, z]); finite.
+        pad: Zero nodes added on each side of every node axis.
+
+    Returns:
+        (P, dim) values and (P, dim, dim) derivatives ``D[p, c, a] = d value_c / d u_a``.
+    """
+    count, dim = u.shape
+    strides = np.ones(dim, dtype=np.int64)
+    for axis in range(1, dim):
+        strides[axis] = strides[axis - 1] * node_counts[axis - 1]
+    values = np.zeros((count, dim))
+    derivatives = np.zeros((count, dim, dim))
+    for p in range(count):
+        first, weights, slopes = _cubic_bspline_weights(u[p])
+        for combination in range(4**dim):
+            flat = 0
+            weight = 1.0
+            code = combination
+            for axis in range(dim):
+                offset = code % 4
+                code //= 4
+                node = min(max(first[axis] + offset + pad, 0), node_counts[axis] - 1)
+                flat += node * strides[axis]
+                weight *= weights[axis, offset]
+            for component in range(dim):
+                values[p, component] += weight * padded[flat, component]
+            for by_axis in range(dim):
+                partial = 1.0
+                code = combination
+                for axis in range(dim):
+                    offset = code % 4
+                    code //= 4
+                    partial *= slopes[axis, offset] if axis == by_axis else weights[axis, offset]
+                for component in range(dim):
+                    derivatives[p, component, by_axis] += partial * padded[flat, component]
+    return values, derivatives
 
 
 _PAD = 4  # zero nodes added around the coefficient grid so that clipped gather indices read zeros
@@ -409,31 +468,13 @@ class BSplineDisplacement:
 
     def _gather(self, points: np.ndarray, with_jacobian: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Displacements (P, dim) and optionally Jacobians (P, dim, dim) of finite points (P, dim)."""
-        u = self._node_coordinates(points)
-        first, weights, derivatives = _cubic_bspline_weights(u)
-        count, dim = points.shape
-        index = []
-        product = np.ones((count,) + (4,) * dim)
-        along = []
-        for array_axis in range(dim):
-            axis = dim - 1 - array_axis
-            shape = [count] + [1] * dim
-            shape[array_axis + 1] = 4
-            nodes = np.clip(first[:, axis, None] + np.arange(4) + _PAD, 0, self.nodes[axis] + 2 * _PAD - 1)
-            index.append(nodes.reshape(shape))
-            along.append((weights[:, axis].reshape(shape), derivatives[:, axis].reshape(shape)))
-            product = product * along[-1][0]
-        neighbours = self._padded[tuple(index)].reshape(count, 4**dim, dim)
-        displacement = np.einsum("pk,pkc->pc", product.reshape(count, -1), neighbours)
+        padded = self._padded
+        node_counts = np.array(padded.shape[-2::-1], dtype=np.int64)
+        values, by_u = _gather_points(padded.reshape(-1, self.dim), node_counts,
+                                      np.ascontiguousarray(self._node_coordinates(points)), _PAD)
         if not with_jacobian:
-            return displacement, None
-        by_u = np.empty((count, dim, dim))
-        for array_axis in range(dim):
-            partial = np.ones((count,) + (4,) * dim)
-            for other, (weight, derivative) in enumerate(along):
-                partial = partial * (derivative if other == array_axis else weight)
-            by_u[:, :, dim - 1 - array_axis] = np.einsum("pk,pkc->pc", partial.reshape(count, -1), neighbours)
-        return displacement, by_u @ (self.direction / self.spacing).T
+            return values, None
+        return values, by_u @ (self.direction / self.spacing).T
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Displacements at physical points.
