@@ -126,8 +126,13 @@ class _Samples:
             read_image(self.paths[index], self.ignore_spacing, self.dim), self.generator.spatial,
             self.generator.output))
 
-    def __call__(self, index: int, rng: np.random.Generator | None) -> dict:
-        arrays, transform = self.generator(self._source(index), self.landmarks[index], rng)
+    def array_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shapes and dtypes of the arrays of one sample (the loader writes them straight into its batch)."""
+        spec = self.generator.array_spec(self.landmarks.shape[1])
+        return {"image": spec["image"]} if self.validation else spec
+
+    def __call__(self, index: int, rng: np.random.Generator | None, out: dict | None = None) -> dict:
+        arrays, transform = self.generator(self._source(index), self.landmarks[index], rng, out)
         epoch = rng.bit_generator.seed_seq.spawn_key[0] if rng is not None else None
         if self.debug_folder is not None and (rng is None or epoch == 0):
             tag = "validation" if rng is None else f"epoch{epoch}"

@@ -138,3 +138,14 @@ def test_no_points():
 def test_invalid_arguments(points, shape, sigma, message):
     with pytest.raises(ValueError, match=message):
         gaussian_heatmaps(points, shape, sigma)
+
+
+def test_out_buffer_is_zeroed_and_filled_like_a_fresh_array():
+    points = np.array([[10.3, 20.7], [np.nan, np.nan], [50.0, 5.5]])
+    expected = gaussian_heatmaps(points, (64, 80), 2.0)
+    out = np.full((64, 80, 3), 7.0, dtype=np.float32)  # stale values of an earlier sample
+    result = gaussian_heatmaps(points, (64, 80), 2.0, out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match=r"out must be a float32 array of shape \(64, 80, 3\)"):
+        gaussian_heatmaps(points, (64, 80), 2.0, out=np.zeros((64, 80, 2), np.float32))

@@ -27,6 +27,19 @@ class TinySample:
         return {"index": np.array(index), "image": noise + index, "id": f"case{index}"}
 
 
+class InPlaceSample(TinySample):
+    """The same samples, written into the loader's batch buffer (`array_spec` + `out`)."""
+
+    def array_spec(self) -> dict:
+        return {"index": ((), np.int64), "image": ((4, 5), np.float32)}
+
+    def __call__(self, index: int, rng: np.random.Generator | None, out: dict | None = None) -> dict:
+        sample = super().__call__(index, rng)
+        out["index"][...] = sample["index"]
+        out["image"][...] = sample["image"]
+        return {"index": out["index"], "image": out["image"], "id": sample["id"]}
+
+
 def take(iterator, count):
     return [next(iterator) for _ in range(count)]
 
@@ -149,3 +162,14 @@ def test_lru_cache_evicts_least_recently_used_beyond_the_byte_limit():
     assert 11 not in cache and cache.total_bytes == 7
     with pytest.raises(ValueError, match="-1"):
         LRUCache(-1, size_of=len)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_makers_writing_into_the_batch_give_the_same_batches(workers):
+    expected = take(BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE, seed=3).train_batches(), 4)
+    with BatchLoader(InPlaceSample(), NUM_SAMPLES, BATCH_SIZE, seed=3, num_workers=workers) as loader:
+        batches = take(loader.train_batches(), 4)
+        ordered = list(loader.ordered_batches())
+    assert_same_batches(batches, expected)
+    assert_same_batches(ordered, list(BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE).ordered_batches()))
+    assert batches[0]["image"].dtype == np.float32 and batches[0]["index"].dtype == np.int64

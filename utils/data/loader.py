@@ -1,9 +1,14 @@
 """Deterministic parallel batch loading.
 
 A sample is made by a picklable callable ``make_sample(index, rng) -> dict`` (values: NumPy arrays, or any
-picklable object such as an id or a `SampleTransform`). The random generator of a sample is seeded from
-(run seed, epoch, sample index) only, and the order of an epoch from (run seed, epoch) only, so a run
-produces the same batches whether the samples are made in-process or by any number of worker processes.
+picklable object such as an id or a `SampleTransform`). A sample maker that also has a method
+``array_spec() -> {key: (shape, dtype)}`` is called as ``make_sample(index, rng, out)`` with `out` the views
+of its arrays in the batch buffer (a worker's shared-memory slot), so samples are written in place instead
+of being made, stacked and copied (for hand samples, ~10 MB of heatmaps each).
+
+The random generator of a sample is seeded from (run seed, epoch, sample index) only, and the order of an
+epoch from (run seed, epoch) only, so a run produces the same batches whether the samples are made
+in-process or by any number of worker processes.
 
 Training iteration is endless: the epochs' permutations are concatenated into one stream of sample
 positions, and batch k holds positions k * batch_size ... (k + 1) * batch_size - 1 (so a data set smaller
@@ -128,17 +133,47 @@ def _check_uniform(key: str, arrays: list[Any]) -> None:
 
 
 def _make_samples(
-    make_sample: SampleMaker, items: list[tuple[int, int]], seed: int, randomize: bool
+    make_sample: SampleMaker,
+    items: list[tuple[int, int]],
+    seed: int,
+    randomize: bool,
+    out: dict[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
-    """Makes the samples of one batch; items are (epoch, index) pairs. Raises SampleError on failure."""
+    """Makes the samples of one batch; items are (epoch, index) pairs. Raises SampleError on failure.
+
+    With `out` (batch arrays (B, ...) per key of the maker's `array_spec`), sample i is written into
+    ``out[key][i]``; the returned samples then hold those views.
+    """
     samples = []
-    for epoch, index in items:
+    for i, (epoch, index) in enumerate(items):
         rng = sample_rng(seed, epoch, index) if randomize else None
         try:
-            samples.append(make_sample(index, rng))
+            if out is None:
+                samples.append(make_sample(index, rng))
+            else:
+                samples.append(make_sample(index, rng, {key: array[i, ...] for key, array in out.items()}))
         except Exception as error:
             raise SampleError(index, epoch, traceback.format_exc()) from error
     return samples
+
+
+def _array_spec(make_sample: SampleMaker) -> dict[str, tuple[tuple[int, ...], np.dtype]] | None:
+    """The maker's per-sample array shapes and dtypes, or None when it cannot write into a buffer."""
+    spec = getattr(make_sample, "array_spec", None)
+    return (
+        None
+        if spec is None
+        else {key: (tuple(shape), np.dtype(dtype)) for key, (shape, dtype) in spec().items()}
+    )
+
+
+def _made_in_place(
+    make_sample: SampleMaker, items: list[tuple[int, int]], seed: int, randomize: bool, arrays: dict
+) -> dict[str, Any]:
+    """A batch whose arrays were written by the maker into `arrays`; its other values collated."""
+    samples = _make_samples(make_sample, items, seed, randomize, arrays)
+    others = collate([{k: v for k, v in sample.items() if k not in arrays} for sample in samples])
+    return {key: arrays[key] if key in arrays else others[key] for key in samples[0]}
 
 
 # ---------------------------------------------------------------- transport of a batch from worker to parent
@@ -150,17 +185,35 @@ def _make_samples(
 # memory costs far more than the copy itself.
 
 
-def _layout(samples: list[dict[str, Any]]) -> tuple[list[tuple[str, tuple[int, ...], str, int]], int]:
-    """Byte layout of the batch's arrays in one block: [(key, batch shape, dtype, offset)], total bytes."""
+def _layout(
+    spec: dict[str, tuple[tuple[int, ...], np.dtype]], batch_size: int
+) -> tuple[list[tuple[str, tuple[int, ...], str, int]], int]:
+    """Byte layout of a batch's arrays in one block: [(key, batch shape, dtype, offset)], total bytes."""
     layout = []
     offset = 0
+    for key, (shape, dtype) in spec.items():
+        offset = -(-offset // _ALIGN) * _ALIGN
+        layout.append((key, (batch_size, *shape), dtype.str, offset))
+        offset += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize * batch_size
+    return layout, max(offset, 1)
+
+
+def _spec_of(samples: list[dict[str, Any]]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The array spec of made samples (checked to agree within the batch)."""
+    spec = {}
     for key, value in samples[0].items():
         if isinstance(value, np.ndarray):
             _check_uniform(key, [sample[key] for sample in samples])
-            offset = -(-offset // _ALIGN) * _ALIGN
-            layout.append((key, (len(samples), *value.shape), value.dtype.str, offset))
-            offset += value.nbytes * len(samples)
-    return layout, max(offset, 1)
+            spec[key] = (value.shape, value.dtype)
+    return spec
+
+
+def _views(block: SharedMemory, layout: list[tuple[str, tuple[int, ...], str, int]]) -> dict[str, np.ndarray]:
+    """The arrays of a batch layout inside a shared-memory block."""
+    return {
+        key: np.ndarray(shape, dtype=dtype, buffer=block.buf, offset=start)
+        for key, shape, dtype, start in layout
+    }
 
 
 class _WorkerSlots:
@@ -186,20 +239,35 @@ class _WorkerSlots:
         self._open.clear()
 
 
-def _pack(samples: list[dict[str, Any]], slot: tuple | None, slots: _WorkerSlots) -> tuple:
-    """Turns a worker's samples into a message for the parent: the pickled batch when `slot` is None, else
-    ("shared_memory", segment name, layout, non-array values, keys) with the arrays written to the slot."""
+def _pack(
+    make_sample: SampleMaker,
+    items: list[tuple[int, int]],
+    seed: int,
+    randomize: bool,
+    slot: tuple | None,
+    slots: _WorkerSlots,
+) -> tuple:
+    """Makes a batch in a worker and turns it into a message for the parent: the pickled batch when `slot`
+    is None, else ("shared_memory", segment name, layout, non-array values, keys) with the arrays in the
+    slot (written there directly when the maker has an `array_spec`, else copied there)."""
     if slot is None:
-        return ("pickle", collate(samples))
-    layout, needed = _layout(samples)
+        return ("pickle", collate(_make_samples(make_sample, items, seed, randomize)))
     name, size, num_slots = slot
+    spec = _array_spec(make_sample)
+    samples = None if spec is not None else _make_samples(make_sample, items, seed, randomize)
+    layout, needed = _layout(spec if spec is not None else _spec_of(samples), len(items))
     block = slots.block(name, size, needed, num_slots)
-    for key, shape, dtype, start in layout:
-        target = np.ndarray(shape, dtype=dtype, buffer=block.buf, offset=start)
-        for i, sample in enumerate(samples):
-            target[i] = sample[key]
-    others = collate([{k: v for k, v in s.items() if not isinstance(v, np.ndarray)} for s in samples])
-    return ("shared_memory", block.name, layout, others, list(samples[0]))
+    views = _views(block, layout)
+    if samples is None:
+        batch = _made_in_place(make_sample, items, seed, randomize, views)
+    else:
+        batch = collate([{k: v for k, v in sample.items() if k not in views} for sample in samples])
+        for key, target in views.items():
+            for i, sample in enumerate(samples):
+                target[i] = sample[key]
+        batch = {key: views[key] if key in views else batch[key] for key in samples[0]}
+    others = {key: value for key, value in batch.items() if key not in views}
+    return ("shared_memory", block.name, layout, others, list(batch))
 
 
 def _worker_loop(make_sample: SampleMaker, seed: int, tasks, results, results_lock) -> None:
@@ -213,7 +281,7 @@ def _worker_loop(make_sample: SampleMaker, seed: int, tasks, results, results_lo
             return
         key, items, randomize, slot = task
         try:
-            message = _pack(_make_samples(make_sample, items, seed, randomize), slot, slots)
+            message = _pack(make_sample, items, seed, randomize, slot, slots)
             data = pickle.dumps((key, "ok", message), protocol=pickle.HIGHEST_PROTOCOL)
         except SampleError as error:
             data = pickle.dumps((key, "error", (error.index, error.epoch, error.details)))
@@ -385,8 +453,15 @@ class BatchLoader:
 
     def _run(self, batches: Iterator[list[tuple[int, int]]], randomize: bool) -> Iterator[dict[str, Any]]:
         if self.num_workers == 0:
+            spec = _array_spec(self.make_sample)
             for items in batches:
-                yield collate(_make_samples(self.make_sample, items, self.seed, randomize))
+                if spec is None:
+                    yield collate(_make_samples(self.make_sample, items, self.seed, randomize))
+                else:
+                    arrays = {
+                        key: np.empty((len(items), *shape), dtype) for key, (shape, dtype) in spec.items()
+                    }
+                    yield _made_in_place(self.make_sample, items, self.seed, randomize, arrays)
             return
         self._start()
         stream = next(self._stream_ids)
@@ -444,12 +519,7 @@ class BatchLoader:
         if message[0] == "pickle":
             return message[1]
         _, _, layout, others, keys = message
-        buffer = self._slots[slot].buf
-        arrays = {
-            key: np.ndarray(shape, dtype=dtype, buffer=buffer, offset=start).copy()
-            for key, shape, dtype, start in layout
-        }
-        del buffer
+        arrays = {key: view.copy() for key, view in _views(self._slots[slot], layout).items()}
         self._free_slots.append(slot)
         return {key: arrays[key] if key in arrays else others[key] for key in keys}
 

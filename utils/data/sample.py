@@ -143,8 +143,25 @@ class SampleGenerator:
         self.heatmap_geometry = output.downsampled(heatmap_factor)
         self.sigma = sigma
 
+    def array_spec(self, num_landmarks: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shape and dtype of each array of one sample, for a loader that preallocates batch buffers.
+
+        Args:
+            num_landmarks: N, the number of landmarks per sample.
+        """
+        float32 = np.dtype(np.float32)
+        return {
+            "image": ((*self.output.shape, 1), float32),
+            "heatmaps": ((*self.heatmap_geometry.shape, num_landmarks), float32),
+            "mask": ((num_landmarks,), float32),
+        }
+
     def __call__(
-        self, source: SourceImage, landmarks: np.ndarray, rng: np.random.Generator | None
+        self,
+        source: SourceImage,
+        landmarks: np.ndarray,
+        rng: np.random.Generator | None,
+        out: dict[str, np.ndarray] | None = None,
     ) -> tuple[dict[str, np.ndarray], SampleTransform]:
         """Makes one sample.
 
@@ -153,20 +170,29 @@ class SampleGenerator:
             landmarks: (N, dim) physical landmarks of the source, order (x, y[, z]); NaN rows = missing.
             rng: Generator for every random draw of this sample (spatial first, then intensity), or None
                 for the validation chain (no randomness).
+            out: Optional arrays to write the sample into (as described by `array_spec`, e.g. views of a
+                loader's batch buffer), so that the ~10 MB of heatmaps of a hand sample are not allocated
+                and copied again; a missing key is allocated.
 
         Returns:
             arrays: {"image": (*output.shape, 1) float32, "heatmaps": (*heatmap shape, N) float32 with
                 peak 1, "mask": (N,) float32: 1 where the landmark is present and inside the heatmap grid,
-                0 where it is missing or mapped outside (its heatmap is then all zero)};
+                0 where it is missing or mapped outside (its heatmap is then all zero)}; the arrays of `out`
+                where given;
             transform: the sample's `SampleTransform` (output physical = output pixels <-> source physical).
         """
+        out = out or {}
         transform = self.spatial.sample(source.geometry, self.output, rng)
         image = warp(source.array, source.array_geometry, transform)
         lo, hi = source.intensity_range
-        image = self.intensity(rescale_intensity(image, lo, hi), rng)
+        image = self.intensity(rescale_intensity(image, lo, hi), rng)[..., None]
         points = self.heatmap_geometry.physical_to_index(transform.input_to_output(landmarks))
         size = np.asarray(self.heatmap_geometry.size)
         inside = np.all((points >= -0.5) & (points <= size - 0.5), axis=1)  # NaN compares False
-        heatmaps = gaussian_heatmaps(points, self.heatmap_geometry.shape, self.sigma)
-        arrays = {"image": image[..., None], "heatmaps": heatmaps, "mask": inside.astype(np.float32)}
+        heatmaps = gaussian_heatmaps(points, self.heatmap_geometry.shape, self.sigma, out=out.get("heatmaps"))
+        arrays = {"image": image, "heatmaps": heatmaps, "mask": inside.astype(np.float32)}
+        for key in ("image", "mask"):
+            if key in out:
+                out[key][...] = arrays[key]
+                arrays[key] = out[key]
         return arrays, transform

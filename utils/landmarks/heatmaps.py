@@ -22,6 +22,7 @@ def gaussian_heatmaps(
     shape: Sequence[int],
     sigma: float | np.ndarray,
     normalize: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Renders one isotropic Gaussian per landmark on a voxel grid.
 
@@ -41,13 +42,16 @@ def gaussian_heatmaps(
         sigma: Gaussian standard deviation in heatmap voxels, a positive float for all landmarks or an (N,)
             array, one per landmark.
         normalize: if True, scale each Gaussian to unit integral instead of unit peak.
+        out: optional float32 array of shape (*shape, N) to render into (it is zeroed first). A loader
+            passes a view of its batch buffer, which saves allocating and first-touching ~10 MB per hand
+            sample (37 x 256 x 256).
 
     Returns:
-        float32 array of shape (*shape, N).
+        float32 array of shape (*shape, N): `out` when given.
 
     Raises:
-        ValueError: if ``shape`` is not 2 or 3 positive integers, ``points`` is not (N, dim), or ``sigma`` is
-            not positive and finite or has a length other than N.
+        ValueError: if ``shape`` is not 2 or 3 positive integers, ``points`` is not (N, dim), ``sigma`` is
+            not positive and finite or has a length other than N, or ``out`` has another shape or dtype.
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (2, 3) or min(shape) < 1:
@@ -65,7 +69,13 @@ def gaussian_heatmaps(
     if not np.all(np.isfinite(sigmas) & (sigmas > 0)):
         raise ValueError(f"sigma must be positive and finite, got {sigma}")
 
-    heatmaps = np.zeros((*shape, num), dtype=np.float32)
+    if out is None:
+        heatmaps = np.zeros((*shape, num), dtype=np.float32)
+    elif out.shape != (*shape, num) or out.dtype != np.float32:
+        raise ValueError(f"out must be a float32 array of shape {(*shape, num)}, got {out.dtype} {out.shape}")
+    else:
+        heatmaps = out
+        heatmaps.fill(0.0)
     sizes = np.array(shape[::-1])  # (x, y[, z]) order, like the points
     with np.errstate(invalid="ignore"):
         inside = np.all((points >= -0.5) & (points <= sizes - 0.5), axis=1)
