@@ -1,0 +1,196 @@
+"""Loader throughput: augmented samples per second, per stage, per core and with N worker processes.
+
+Two configurations (issue 5):
+- hand: 2D radiographs (the real ones in ../shared/data/hand_xray_real when present, else synthetic
+  phantoms of the same size) -> 256 x 256 input + 37 heatmaps of 256 x 256, the full training chain
+  (fit to size, translation, rotation, scaling, 5 x 5 B-spline deformation, intensity augmentation);
+- volume: synthetic 256^3 volumes -> 128^3 input + 10 heatmaps of 128^3, the 3D training chain.
+
+For each it reports (1) the time of every stage of one sample in this process (transform draw, resampling,
+intensity, landmark mapping, heatmaps), next to SimpleITK's single-threaded resampling of the same
+transform, (2) the samples per second that a consumer receives from `dataset.Dataset.train_dataset` with
+0 (in-process), 1, ..., N workers, and the peak resident memory of each worker process (VmHWM).
+
+Commands (from the repository root)::
+
+    python -m benchmarks.loader --output benchmarks/results/loader.json
+    python -m benchmarks.loader --configs hand --workers 0 1 2 --batches 40
+    python -m benchmarks.loader --quick --output /tmp/loader_quick.json        # seconds: smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import SimpleITK as sitk
+
+from benchmarks.common import format_table, machine_info, time_calls, write_results
+from dataset import Dataset
+from utils.data.loader import sample_rng
+from utils.io.id_list import write_id_list
+from utils.landmarks.heatmaps import gaussian_heatmaps
+from utils.synthetic import generate_hand_dataset, generate_volume_dataset
+from utils.transforms.intensity import rescale_intensity
+from utils.transforms.warp import warp
+
+REAL_HANDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hand_xray_real"
+CONFIGS = {
+    # name: (image size (x, y[, z]), landmarks, batch size, dim)
+    "hand": ((256, 256), 37, 8, 2),
+    "volume": ((128, 128, 128), 10, 2, 3),
+}
+QUICK_CONFIGS = {"hand": ((64, 64), 37, 4, 2), "volume": ((24, 24, 24), 10, 2, 3)}
+# the original framework's figures on these machines (one core, SimpleITK single-threaded; issue 5)
+ORIGINAL_SAMPLES_PER_S = {"hand": 200.0, "volume": 12.0}
+
+
+def hand_folder(cache: Path, quick: bool) -> tuple[Path, str]:
+    """A dataset folder of hand radiographs: the real ones (linked, never copied) or phantoms."""
+    if REAL_HANDS.is_dir() and not quick:
+        folder = Path(tempfile.mkdtemp(prefix="loader_hands_"))
+        (folder / "setup").mkdir()
+        (folder / "images").symlink_to(REAL_HANDS / "images")
+        (folder / "setup" / "all.csv").symlink_to(REAL_HANDS / "setup" / "all.csv")
+        ids = sorted(path.name.split(".")[0] for path in (REAL_HANDS / "images").iterdir())
+        write_id_list(folder / "setup" / "train.txt", ids)
+        write_id_list(folder / "setup" / "test.txt", ids[:1])
+        return folder, "real radiographs (Digital Hand Atlas)"
+    folder = cache / ("hand_quick" if quick else "hand")
+    if not folder.is_dir():
+        generate_hand_dataset(folder, num_images=6, seed=0, pixels_per_mm=1.5 if quick else None)
+    return folder, "synthetic hand phantoms"
+
+
+def volume_folder(cache: Path, quick: bool) -> tuple[Path, str]:
+    """A dataset folder of synthetic volumes of 256^3 voxels (32^3 with --quick)."""
+    size = (32, 32, 32) if quick else (256, 256, 256)
+    folder = cache / f"volume{size[0]}"
+    if not folder.is_dir():
+        generate_volume_dataset(folder, num_images=4, seed=0, size=size)
+    return folder, f"synthetic volumes of {size[0]}^3 voxels"
+
+
+def make_dataset(folder: Path, config: tuple, workers: int) -> Dataset:
+    size, landmarks, batch, dim = config
+    return Dataset(folder, image_size=size, heatmap_size=size, num_landmarks=landmarks, fold=None, dim=dim,
+                   batch_size=batch, workers=workers, seed=0)
+
+
+def stage_times(dataset: Dataset, repeats: int) -> list[dict[str, Any]]:
+    """Milliseconds per stage of one training sample, made in this process from a cached source image."""
+    samples = dataset._samples(dataset.train_ids, validation=False)
+    generator = samples.generator
+    source, landmarks = samples._source(0), samples.landmarks[0]
+    spec = generator.array_spec(landmarks.shape[0])
+    heatmaps = np.empty(*spec["heatmaps"])
+    rngs = iter([sample_rng(1, 0, k) for k in range(10 * (repeats + 2))])
+    transform = generator.spatial.sample(source.geometry, generator.output, next(rngs))
+    image = warp(source.array, source.array_geometry, transform)
+    points = generator.heatmap_geometry.physical_to_index(transform.input_to_output(landmarks))
+    buffers = {key: np.empty(shape, dtype) for key, (shape, dtype) in spec.items()}
+    stages = {
+        "draw transform": lambda: generator.spatial.sample(source.geometry, generator.output, next(rngs)),
+        "resample (compiled)": lambda: warp(source.array, source.array_geometry, transform),
+        "intensity": lambda: generator.intensity(rescale_intensity(image, *source.intensity_range),
+                                                 next(rngs)),
+        "map landmarks": lambda: transform.input_to_output(landmarks),
+        "heatmaps": lambda: gaussian_heatmaps(points, generator.heatmap_geometry.shape, generator.sigma,
+                                              out=heatmaps),
+        "whole sample": lambda: generator(source, landmarks, next(rngs), buffers),
+    }
+    rows = [{"stage": name, "ms": 1e3 * time_calls(call, warmup=1, repeats=repeats).median}
+            for name, call in stages.items()]
+    original = sitk.ReadImage(str(samples.paths[0]))
+    if original.GetDimension() == 3 and original.GetSize()[2] == 1 and dataset.dim == 2:
+        original = original[:, :, 0]
+    original = sitk.Cast(original, sitk.sitkFloat32)
+    if dataset.ignore_spacing:
+        original.SetSpacing([1.0] * original.GetDimension())
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        reference = time_calls(lambda: transform.resample(original), warmup=1, repeats=max(1, repeats // 4))
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    rows.append({"stage": "resample (SimpleITK, 1 thread, full image)", "ms": 1e3 * reference.median})
+    return rows
+
+
+def worker_peak_rss() -> list[int]:
+    """Peak resident set size (VmHWM, bytes) of every child process of this one; [] where unknown."""
+    peaks = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            text = Path(f"/proc/{child.pid}/status").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(int(line.split()[1]) * 1024)
+    return peaks
+
+
+def throughput(folder: Path, config: tuple, workers: int, batches: int) -> dict[str, Any]:
+    """Samples per second received from the training stream, after the workers' warm-up."""
+    with make_dataset(folder, config, workers) as dataset:
+        stream = dataset.train_dataset()
+        for _ in range(max(2, workers)):  # start the workers, fill their caches, compile
+            next(stream)
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(stream)
+        seconds = time.perf_counter() - start
+        peaks = worker_peak_rss() if workers else []
+        rate = batches * config[2] / seconds
+    return {"workers": workers, "samples_per_s": rate,
+            "per_core": rate / max(workers, 1),
+            "worker_peak_rss_mb": max(peaks) / 2**20 if peaks else None}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--workers", type=int, nargs="+", help="worker counts (default 0 .. number of cores)")
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per worker count")
+    parser.add_argument("--repeats", type=int, default=40, help="timed repeats per stage")
+    parser.add_argument("--cache", default="benchmarks/results/data", help="folder for generated data")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of seconds")
+    parser.add_argument("--output", default="benchmarks/results/loader.json", help="results JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    configs = QUICK_CONFIGS if args.quick else CONFIGS
+    workers = args.workers or ([0, 1] if args.quick else list(range(0, (os.cpu_count() or 1) + 1)))
+    batches, repeats = (3, 3) if args.quick else (args.batches, args.repeats)
+    cache = Path(args.cache)
+    results: dict[str, Any] = {}
+    for name in args.configs:
+        folder, data = (hand_folder if name == "hand" else volume_folder)(cache, args.quick)
+        with make_dataset(folder, configs[name], 0) as dataset:
+            stages = stage_times(dataset, repeats)
+        rates = [throughput(folder, configs[name], count, batches) for count in workers]
+        size, landmarks, batch, _ = configs[name]
+        print(f"\n{name}: {data}, input {'x'.join(map(str, size))} + {landmarks} heatmaps, batch {batch}")
+        print(format_table(stages, [("stage", "stage", "s"), ("ms", "ms/sample", ".2f")]))
+        print(format_table(rates, [("workers", "workers", "d"), ("samples_per_s", "samples/s", ".1f"),
+                                   ("per_core", "per worker", ".1f"),
+                                   ("worker_peak_rss_mb", "worker peak RSS MB", ".0f")]))
+        print(f"original framework (issue 5): ~{ORIGINAL_SAMPLES_PER_S[name]:.0f} samples/s per core")
+        results[name] = {"data": data, "input_size": list(size), "num_landmarks": landmarks,
+                         "batch_size": batch, "stages": stages, "throughput": rates,
+                         "original_samples_per_s_per_core": ORIGINAL_SAMPLES_PER_S[name]}
+    return write_results(args.output, "loader", vars(args), results, machine=machine_info())
+
+
+if __name__ == "__main__":
+    main()
