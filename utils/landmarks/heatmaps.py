@@ -6,6 +6,7 @@ given in heatmap index coordinates (x, y[, z]): the centre of voxel (i_x, i_y) i
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 
 __all__ = ["TRUNCATE_SIGMAS", "gaussian_heatmaps"]
@@ -103,14 +104,31 @@ def gaussian_heatmaps(
 
     if normalize:
         factors[0] *= ((2.0 * np.pi * sigmas**2) ** (-dim / 2)).astype(np.float32)[:, None]
+    starts = np.stack([index[:, 0] for index in indices], axis=1)  # (M, dim) window origins, (x, y[, z])
     if dim == 2:
-        (ix, iy), (fx, fy) = indices, factors
-        values = fy[:, :, None] * fx[:, None, :]  # (M, wy, wx)
-        heatmaps[iy[:, :, None], ix[:, None, :], channels[:, None, None]] = values
+        _write_windows_2d(heatmaps, channels, starts, factors[0], factors[1])
     else:
-        (ix, iy, iz), (fx, fy, fz) = indices, factors
-        values = fz[:, :, None, None] * fy[:, None, :, None] * fx[:, None, None, :]  # (M, wz, wy, wx)
-        heatmaps[
-            iz[:, :, None, None], iy[:, None, :, None], ix[:, None, None, :], channels[:, None, None, None]
-        ] = values
+        _write_windows_3d(heatmaps, channels, starts, factors[0], factors[1], factors[2])
     return heatmaps
+
+
+@numba.njit(cache=True, nogil=True)
+def _write_windows_2d(heatmaps, channels, starts, fx, fy):
+    """heatmaps[y0 + j, x0 + i, c] = fy[m, j] * fx[m, i] over each landmark m's window (compiled)."""
+    for m in range(channels.shape[0]):
+        c, x0, y0 = channels[m], starts[m, 0], starts[m, 1]
+        for j in range(fy.shape[1]):
+            for i in range(fx.shape[1]):
+                heatmaps[y0 + j, x0 + i, c] = fy[m, j] * fx[m, i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _write_windows_3d(heatmaps, channels, starts, fx, fy, fz):
+    """heatmaps[z0 + k, y0 + j, x0 + i, c] = fz[m, k] * fy[m, j] * fx[m, i] over each window (compiled)."""
+    for m in range(channels.shape[0]):
+        c, x0, y0, z0 = channels[m], starts[m, 0], starts[m, 1], starts[m, 2]
+        for k in range(fz.shape[1]):
+            for j in range(fy.shape[1]):
+                zy = fz[m, k] * fy[m, j]
+                for i in range(fx.shape[1]):
+                    heatmaps[z0 + k, y0 + j, x0 + i, c] = zy * fx[m, i]
