@@ -415,6 +415,45 @@ def _gather_points(padded: np.ndarray, node_counts: np.ndarray, u: np.ndarray, p
     return values, derivatives
 
 
+@numba.njit(cache=True, nogil=True)
+def _newton_solve(padded: np.ndarray, node_counts: np.ndarray, origin: np.ndarray, to_nodes: np.ndarray,
+                  targets: np.ndarray, pad: int, tolerance: float, max_iterations: int) -> np.ndarray:
+    """Solves ``p + d(p) = target`` for each finite target by Newton's method (compiled).
+
+    Args:
+        padded, node_counts, pad: the zero-padded coefficient grid, as for `_gather_points`.
+        origin: (dim,) physical position of node 0.
+        to_nodes: (dim, dim) matrix with node coordinates ``u = (p - origin) @ to_nodes``.
+        targets: (P, dim) finite physical targets.
+        tolerance: largest residual component accepted.
+        max_iterations: Newton iterations at most.
+
+    Returns:
+        (P, dim) solutions; NaN rows for targets whose iteration did not converge.
+    """
+    count, dim = targets.shape
+    result = np.empty_like(targets)
+    identity = np.eye(dim)
+    u = np.empty((1, dim))
+    for n in range(count):
+        p = targets[n].copy()
+        converged = False
+        for _ in range(max_iterations):
+            for axis in range(dim):
+                u[0, axis] = np.sum((p - origin) * to_nodes[:, axis])
+            values, by_u = _gather_points(padded, node_counts, u, pad)
+            residual = p + values[0] - targets[n]
+            if np.max(np.abs(residual)) < tolerance:
+                converged = True
+                break
+            p = p - np.linalg.solve(identity + by_u[0] @ to_nodes.T, residual)
+        if converged:
+            result[n] = p
+        else:
+            result[n] = np.nan
+    return result
+
+
 _PAD = 4  # zero nodes added around the coefficient grid so that clipped gather indices read zeros
 
 
@@ -475,6 +514,29 @@ class BSplineDisplacement:
         if not with_jacobian:
             return values, None
         return values, by_u @ (self.direction / self.spacing).T
+
+    def solve(self, targets: np.ndarray, tolerance: float = 1e-9, max_iterations: int = 50) -> np.ndarray:
+        """Points p with ``p + d(p) = target`` (the inverse of p -> p + d(p)), by Newton's method.
+
+        Args:
+            targets: (..., dim) physical points, order (x, y[, z]); NaN rows stay NaN.
+            tolerance: Largest residual component (physical units) at which a point counts as solved.
+            max_iterations: Newton iterations at most, starting at the target itself.
+
+        Returns:
+            (..., dim) float64 points; NaN where the iteration did not converge (only possible for a folding
+            deformation, far beyond the usual amplitudes).
+        """
+        targets = np.asarray(targets, dtype=np.float64)
+        flat = targets.reshape(-1, self.dim)
+        finite = np.all(np.isfinite(flat), axis=1)
+        result = np.full(flat.shape, np.nan)
+        padded = self._padded
+        node_counts = np.array(padded.shape[-2::-1], dtype=np.int64)
+        result[finite] = _newton_solve(padded.reshape(-1, self.dim), node_counts, self.origin,
+                                       np.ascontiguousarray(self.direction / self.spacing),
+                                       np.ascontiguousarray(flat[finite]), _PAD, tolerance, max_iterations)
+        return result.reshape(targets.shape)
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Displacements at physical points.
@@ -684,22 +746,7 @@ class SampleTransform:
         target = apply_affine(self.matrix, points)
         if self.deformation is None:
             return target
-        flat = target.reshape(-1, self.output.dim)
-        active = np.flatnonzero(np.all(np.isfinite(flat), axis=1))
-        result = flat.copy()
-        identity = np.eye(self.output.dim)
-        for _ in range(max_iterations):
-            if active.size == 0:
-                break
-            current = result[active]
-            displacement, jacobian = self.deformation.value_and_jacobian(current)
-            residual = current + displacement - flat[active]
-            converged = np.max(np.abs(residual), axis=1) < tolerance
-            step = np.linalg.solve(identity + jacobian[~converged], residual[~converged, :, None])[..., 0]
-            active = active[~converged]
-            result[active] = current[~converged] - step
-        result[active] = np.nan
-        return result.reshape(target.shape)
+        return self.deformation.solve(target, tolerance, max_iterations)
 
     def coordinate_map(self) -> np.ndarray:
         """Input continuous index of every output voxel centre (for interpolating the input array directly).
