@@ -132,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             for batch_size in args.batch_sizes:
                 print(f"inference {network} at {size.input_size} px, batch {batch_size} ...", flush=True)
                 rows.append({"preset": preset,
-                             **measure_inference(network, size, batch_size, args.warmup, args.repeats)})
+                             **measure_inference(network, size, batch_size, args.warmup, args.repeats),
+                             "load_average": list(os.getloadavg())})
     print(format_table(
         rows,
         [("network", "network", "s"), ("input_size", "px", "d"), ("batch_size", "batch", "d"),

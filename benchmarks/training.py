@@ -68,7 +68,7 @@ class Size:
 # The sizes of main.py's presets (image_size, num_filters, batch_size; per-network exceptions), kept here so
 # that the benchmarks run without the data pipeline; tests/test_benchmarks.py checks them against main.py.
 PRESET_SIZES = {
-    "cpu": {"default": Size(input_size=128, num_filters=32, batch_size=8)},
+    "cpu": {"default": Size(input_size=128, num_filters=16, batch_size=8)},
     "paper": {
         "default": Size(input_size=256, num_filters=128, batch_size=8),
         "conv_only": Size(input_size=128, num_filters=128, batch_size=8),  # the paper's ConvOnly-Net input
@@ -255,7 +255,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
     parser.add_argument("--size", choices=("cpu", "paper"), default="cpu",
-                        help="main.py preset whose sizes are used (cpu: 128 px, 32 filters; paper: 256 px, "
+                        help="main.py preset whose sizes are used (cpu: 128 px, 16 filters; paper: 256 px, "
                              "128 filters, ConvOnly-Net 128 px; batch 8)")
     parser.add_argument("--input-size", type=int, help="override the input side of the preset, pixels")
     parser.add_argument("--filters", type=int, help="override the filters per convolution of the preset")
@@ -307,9 +307,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(f"training {network} at {size.input_size} px, {precision} ...", flush=True)
             rows.append(run(measure_training, network, size, precision, args.warmup, args.steps,
                             args.peak_tflops, 256 if args.quick else 2048))
-    machine = rows[0].pop("machine")
-    for row in rows[1:]:
-        row.pop("machine")
+    machine = rows[0]["machine"]
+    for row in rows:  # keep only the load of each measurement: it tells which ones shared the machine
+        row["load_average"] = row.pop("machine")["load_average"]
     print(format_table(
         [{**row, "rss_mib": _mib(row["rss_peak_bytes"]), "device_mib": _mib(row["device_peak_bytes"])}
          for row in rows],
