@@ -108,7 +108,7 @@ def warp(source: np.ndarray, source_geometry: Geometry, transform: SampleTransfo
     return out
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
 def _corner(position: float, size: int) -> tuple[int, int, float, bool]:
     """Lower and upper neighbour (clamped), weight of the upper one, and whether the point is inside."""
     if position < -0.5 or position > size - 0.5:
@@ -120,7 +120,7 @@ def _corner(position: float, size: int) -> tuple[int, int, float, bool]:
     return low, high, fraction, True
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _warp_2d(source, index_map, weights_y, weights_x, coefficients, default_value, out):
     height, width = source.shape
     nodes_y, nodes_x = coefficients.shape[0], coefficients.shape[1]
@@ -150,7 +150,7 @@ def _warp_2d(source, index_map, weights_y, weights_x, coefficients, default_valu
             out[y, x] = top + fy * (bottom - top)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _warp_3d(source, index_map, weights_z, weights_y, weights_x, coefficients, default_value, out):
     depth, height, width = source.shape
     nodes_z, nodes_y, nodes_x = coefficients.shape[0], coefficients.shape[1], coefficients.shape[2]
