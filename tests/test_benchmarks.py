@@ -84,3 +84,19 @@ def test_format_table_aligns_and_prints_missing_values():
     table = common.format_table([{"a": "x", "b": 1.5}, {"a": "long", "b": None}],
                                 [("a", "name", "s"), ("b", "value", ".2f")])
     assert table.splitlines() == ["name value", "---- -----", "   x  1.50", "long   n/a"]
+
+
+def test_loader_quick_writes_results(tmp_path):
+    from benchmarks import loader
+
+    output = tmp_path / "loader.json"
+    loader.main(["--quick", "--cache", str(tmp_path / "data"), "--output", str(output)])
+    document = _read_json(output)
+    assert document["benchmark"] == "loader"
+    for name in ("hand", "volume"):
+        result = document["results"][name]
+        stages = {row["stage"]: row["ms"] for row in result["stages"]}
+        assert stages["whole sample"] > 0 and stages["resample (SimpleITK, 1 thread, full image)"] > 0
+        assert [row["workers"] for row in result["throughput"]] == [0, 1]
+        assert all(row["samples_per_s"] > 0 for row in result["throughput"])
+        assert result["throughput"][1]["worker_peak_rss_mb"] > 0
