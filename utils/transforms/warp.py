@@ -121,16 +121,25 @@ def _corner(position: float, size: int) -> tuple[int, int, float, bool]:
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
+def _weighted_sum(weights, stack, out):
+    """out = sum_i weights[i] * stack[i], in place and without temporaries (compiled)."""
+    flat_out = out.reshape(-1)
+    flat_stack = stack.reshape(stack.shape[0], -1)
+    flat_out[:] = 0.0
+    for i in range(weights.shape[0]):
+        w = weights[i]
+        if w != 0.0:
+            for k in range(flat_out.shape[0]):
+                flat_out[k] += w * flat_stack[i, k]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _warp_2d(source, index_map, weights_y, weights_x, coefficients, default_value, out):
     height, width = source.shape
-    nodes_y, nodes_x = coefficients.shape[0], coefficients.shape[1]
+    nodes_x = coefficients.shape[1]
     row = np.zeros((nodes_x, 2))
     for y in range(out.shape[0]):
-        row[:] = 0.0
-        for j in range(nodes_y):
-            w = weights_y[y, j]
-            if w != 0.0:
-                row += w * coefficients[j]
+        _weighted_sum(weights_y[y], coefficients, row)
         base_x = index_map[0, 1] * y + index_map[0, 2]
         base_y = index_map[1, 1] * y + index_map[1, 2]
         for x in range(out.shape[1]):
@@ -153,21 +162,13 @@ def _warp_2d(source, index_map, weights_y, weights_x, coefficients, default_valu
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _warp_3d(source, index_map, weights_z, weights_y, weights_x, coefficients, default_value, out):
     depth, height, width = source.shape
-    nodes_z, nodes_y, nodes_x = coefficients.shape[0], coefficients.shape[1], coefficients.shape[2]
+    nodes_y, nodes_x = coefficients.shape[1], coefficients.shape[2]
     slab = np.zeros((nodes_y, nodes_x, 3))
     row = np.zeros((nodes_x, 3))
     for z in range(out.shape[0]):
-        slab[:] = 0.0
-        for i in range(nodes_z):
-            w = weights_z[z, i]
-            if w != 0.0:
-                slab += w * coefficients[i]
+        _weighted_sum(weights_z[z], coefficients, slab)
         for y in range(out.shape[1]):
-            row[:] = 0.0
-            for j in range(nodes_y):
-                w = weights_y[y, j]
-                if w != 0.0:
-                    row += w * slab[j]
+            _weighted_sum(weights_y[y], slab, row)
             base_x = index_map[0, 1] * y + index_map[0, 2] * z + index_map[0, 3]
             base_y = index_map[1, 1] * y + index_map[1, 2] * z + index_map[1, 3]
             base_z = index_map[2, 1] * y + index_map[2, 2] * z + index_map[2, 3]
