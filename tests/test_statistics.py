@@ -168,6 +168,13 @@ def test_summarize_folds_and_fold_table():
     assert lines[3].startswith("mean ± std")
     assert "2.500 ± 1.500" in lines[3] and "50.00 ± 50.00" in lines[3]
 
+    baseline = landmark_statistics(np.array([[10.0, 12.0]]))
+    lines = format_fold_table([fold1, fold2], ["scn_cv1", "scn_cv2"], extra_rows={"baseline": baseline})
+    lines = lines.splitlines()
+    assert len(lines) == 5 and "2.500 ± 1.500" in lines[3]  # the extra row stays out of mean ± std
+    expected = ["baseline", "11.000", "1.000", "11.000", "11.000", "100.00", "100.00", "100.00"]
+    assert lines[4].split() == expected
+
 
 @pytest.mark.parametrize(
     ("call", "message"),

@@ -322,3 +322,8 @@ def test_mean_shape_errors_and_summary():
     assert summary["runs"]["scn_cv2"]["pe_mean"] == 5.0
     assert summary["across_runs"]["pe_mean"] == {"mean": 3.5, "std": 1.5}
     assert summary["pooled"]["pe_mean"] == 3.0 and summary["pooled"]["num_images"] == 2
+    assert "mean_shape_baseline" not in summary
+    baselines = {"scn_cv1": np.array([[6.0, 10.0]]), "scn_cv2": np.array([[2.0, np.nan]])}
+    summary = summarize(runs, baselines)
+    assert summary["mean_shape_baseline"]["runs"]["scn_cv1"]["pe_mean"] == 8.0
+    assert summary["mean_shape_baseline"]["pooled"]["pe_mean"] == 6.0

@@ -306,8 +306,13 @@ def summarize_folds(fold_stats: Sequence[Mapping]) -> dict:
     return summary
 
 
-def format_fold_table(fold_stats: Sequence[Mapping], names: Sequence[str], unit: str = "mm") -> str:
-    """A text table with one row per fold and a final row of mean ± std across folds.
+def format_fold_table(
+    fold_stats: Sequence[Mapping],
+    names: Sequence[str],
+    unit: str = "mm",
+    extra_rows: Mapping[str, Mapping] | None = None,
+) -> str:
+    """A text table with one row per fold, a row of mean ± std across folds, then optional extra rows.
 
     Columns: PE mean, PE std, PE median, IPE mean (in `unit`) and the outlier percentage per threshold.
 
@@ -315,10 +320,12 @@ def format_fold_table(fold_stats: Sequence[Mapping], names: Sequence[str], unit:
         fold_stats: one `landmark_statistics` dictionary per fold.
         names: one row label per fold (e.g. "scn_cv1").
         unit: unit of the errors, shown in the header.
+        extra_rows: label -> `landmark_statistics` dictionary of rows printed after "mean ± std" and left
+            out of it (e.g. "pooled" statistics of all folds, a baseline on the same images).
 
     Returns:
-        Multi-line text ending with a newline; the last row is labelled "mean ± std" and uses the
-        population standard deviation across folds (see `summarize_folds`). Undefined values print as "-".
+        Multi-line text ending with a newline; the row labelled "mean ± std" uses the population standard
+        deviation across folds (see `summarize_folds`). Undefined values print as "-".
 
     Raises:
         ValueError: if `names` and `fold_stats` differ in length, or as `summarize_folds`.
@@ -328,8 +335,9 @@ def format_fold_table(fold_stats: Sequence[Mapping], names: Sequence[str], unit:
             f"names must give one label per fold: got {len(names)} names for {len(fold_stats)} folds"
         )
     summary = summarize_folds(fold_stats)
+    extra_rows = dict(extra_rows or {})
     keys = list(summary["outlier_percent"])
-    label_width = max([len("mean ± std"), *(len(name) for name in names)])
+    label_width = max([len("mean ± std"), *(len(name) for name in [*names, *extra_rows])])
     columns = [f"PE mean [{unit}]", f"PE std [{unit}]", f"PE median [{unit}]", f"IPE mean [{unit}]"]
     columns += [f">={key} {unit} [%]" for key in keys]
     widths = [max(len(column), 15) for column in columns]
@@ -341,10 +349,12 @@ def format_fold_table(fold_stats: Sequence[Mapping], names: Sequence[str], unit:
     def cell(value: float | None, decimals: int) -> str:
         return "-" if value is None else f"{value:.{decimals}f}"
 
-    for name, stats in zip(names, fold_stats, strict=True):
+    def stats_row(label: str, stats: Mapping) -> str:
         cells = [cell(stats[figure], 3) for figure in _FOLD_FIGURES]
-        cells += [cell(stats["outlier_percent"][key], 2) for key in keys]
-        lines.append(row(name, cells))
+        cells += [cell(stats["outlier_percent"].get(key), 2) for key in keys]
+        return row(label, cells)
+
+    lines += [stats_row(name, stats) for name, stats in zip(names, fold_stats, strict=True)]
 
     def mean_std(entry: dict, decimals: int) -> str:
         if entry["mean"] is None:
@@ -354,4 +364,5 @@ def format_fold_table(fold_stats: Sequence[Mapping], names: Sequence[str], unit:
     cells = [mean_std(summary[figure], 3) for figure in _FOLD_FIGURES]
     cells += [mean_std(summary["outlier_percent"][key], 2) for key in keys]
     lines.append(row("mean ± std", cells))
+    lines += [stats_row(label, stats) for label, stats in extra_rows.items()]
     return "\n".join(lines) + "\n"

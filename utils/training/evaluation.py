@@ -182,21 +182,32 @@ def mean_shape_errors(mean_shape: np.ndarray, samples: Sequence[ValidationSample
     )
 
 
-def summarize(evaluations: Mapping[str, Evaluation]) -> dict:
+def summarize(
+    evaluations: Mapping[str, Evaluation], baselines: Mapping[str, np.ndarray] | None = None
+) -> dict:
     """The content of ``summary.json``: every fold's statistics, mean ± std across folds, pooled figures.
 
     Args:
         evaluations: run name (e.g. "scn_cv1") -> final test of that run. Runs of different networks are
             summarised together; call once per network for a per-network summary.
+        baselines: run name -> (M, N) point errors in mm of a baseline on the same test images (e.g.
+            `mean_shape_errors`), or None.
 
     Returns:
         ``{"runs": {name: stats}, "across_runs": summarize_folds(...), "pooled": landmark_statistics of all
-        point errors together}``.
+        point errors together}``, plus ``"mean_shape_baseline": {"runs": {name: stats}, "pooled": stats}``
+        when `baselines` is given.
     """
     stats = [evaluation.stats for evaluation in evaluations.values()]
     pooled = np.concatenate([evaluation.errors for evaluation in evaluations.values()])
-    return {
+    summary = {
         "runs": {name: evaluation.stats for name, evaluation in evaluations.items()},
         "across_runs": summarize_folds(stats),
         "pooled": landmark_statistics(pooled),
     }
+    if baselines is not None:
+        summary["mean_shape_baseline"] = {
+            "runs": {name: landmark_statistics(errors) for name, errors in baselines.items()},
+            "pooled": landmark_statistics(np.concatenate(list(baselines.values()))),
+        }
+    return summary
