@@ -24,18 +24,20 @@ import argparse
 import dataclasses
 import inspect
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from dataset import Dataset
 from network import NETWORKS, build_network, heatmap_factor
 from utils.io.atomic import write_json_atomic
-from utils.landmarks.statistics import format_fold_table
+from utils.landmarks.statistics import format_fold_table, landmark_statistics
 from utils.synthetic import generate_hand_dataset, generate_volume_dataset
-from utils.training.evaluation import Evaluation, evaluate, main_figures, summarize
+from utils.training.evaluation import Evaluation, evaluate, mean_shape_errors, summarize
 from utils.training.loop import Schedule, compile_training_model, make_optimizer, train
 from utils.training.output import RunFolder, config_to_dict, read_config
 
@@ -64,11 +66,11 @@ class Parameters:
     weight_decay: float = 5e-5  # L2 weight decay factor on the kernels (added to the loss)
     # ---- optimiser ----
     optimizer: str = "adam"  # "sgd" (Nesterov momentum, as in the paper) or "adam"
-    learning_rate: float = 1e-4  # step size (paper SGD: 1e-7, for the sum-of-squares loss)
+    learning_rate: float = 3e-4  # step size (paper SGD: 1e-7, for the sum-of-squares loss)
     momentum: float = 0.99  # SGD momentum (ignored by Adam)
     batch_size: int = 8  # images per iteration
     max_iter: int = 1000  # training iterations (batches)
-    test_iter: int = 500  # test on the validation images every this many iterations
+    test_iter: int = 250  # test on the validation images every this many iterations
     snapshot_iter: int = 500  # save a checkpoint every this many iterations
     test_at_start: bool = False  # also test before the first iteration
     # ---- system ----
@@ -286,15 +288,20 @@ def run_name(network: str, fold: str) -> str:
     return f"{network}_full" if fold == "none" else f"{network}_cv{fold}"
 
 
-def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> Evaluation:
-    """Trains `params.networks[0]` on fold `params.cv` in `run`, testing on the way; returns the last test."""
+def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> tuple[Evaluation, np.ndarray]:
+    """Trains `params.networks[0]` on fold `params.cv` in `run`, testing on the way.
+
+    Returns:
+        The last test, and the (M, N) point errors in mm of the mean-shape baseline on the same M test
+        images (the training images' mean landmark positions after the validation transform).
+    """
     network_name = params.networks[0]
     keras.backend.clear_session()  # free the previous run's models and traced functions
     keras.utils.set_random_seed(params.seed)
     keras.mixed_precision.set_global_policy("mixed_float16" if params.mixed_precision else "float32")
     factor = heatmap_factor(network_name)
     heatmap_size = params.heatmap_size or tuple(size // factor for size in params.image_size)
-    dataset = Dataset(
+    with Dataset(
         params.dataset,
         fold=params.cv,
         dim=params.dim,
@@ -305,7 +312,15 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
         batch_size=params.batch_size,
         seed=params.seed,
         workers=params.workers,
-    )
+    ) as dataset:
+        return _train_and_test(params, run, resume, dataset)
+
+
+def _train_and_test(
+    params: Parameters, run: RunFolder, resume: bool, dataset: Dataset
+) -> tuple[Evaluation, np.ndarray]:
+    """`train_and_test` on an open dataset."""
+    network_name = params.networks[0]
     if params.save_debug_images:
         dataset.save_debug_images(run.root / "debug")
     network = build_network(
@@ -319,9 +334,13 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
         network, make_optimizer(params.optimizer, params.learning_rate, params.momentum)
     )
     validation = list(dataset.validation_dataset())
+    baseline = mean_shape_errors(dataset.mean_shape_baseline(), validation)
+    baseline_text = describe(landmark_statistics(baseline))
+    print(f"mean-shape baseline on the {len(validation)} test images: {baseline_text}")
     tests: list[Evaluation] = []
 
     def test(iteration: int) -> dict:
+        start = time.perf_counter()
         result = evaluate(
             network,
             validation,
@@ -331,7 +350,11 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
             name=run.root.parent.name,
         )
         tests.append(result)
-        print(f"test at iteration {iteration}: {format_scalars(result.scalars())}")
+        seconds = time.perf_counter() - start
+        print(
+            f"--- test at iteration {iteration} ({len(validation)} images, {seconds:.1f} s): "
+            f"{describe(result.stats)}"
+        )
         return result.scalars()
 
     schedule = Schedule(params.max_iter, params.test_iter, params.snapshot_iter, params.test_at_start)
@@ -339,12 +362,19 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
     train(model, dataset.train_dataset, run, schedule, evaluate=test, state=state, resume=resume)
     if not tests:  # resumed a finished run: test its final state
         test(params.max_iter)
-    return tests[-1]
+    return tests[-1], baseline
 
 
-def format_scalars(scalars: dict) -> str:
-    """ "pe_mean 1.234, pe_median ..." with None shown as "-"."""
-    return ", ".join(f"{k} {'-' if v is None else format(v, '.3f')}" for k, v in scalars.items())
+def describe(stats: dict) -> str:
+    """One line of `landmark_statistics`: "PE 2.10 ± 1.73 mm (median 1.67), >= 2/4/10 mm: 39.5/10.7/0.3 %"."""
+    if stats["pe_mean"] is None:
+        return "no valid point errors"
+    thresholds = "/".join(stats["outlier_percent"])
+    percents = "/".join(f"{percent:.1f}" for percent in stats["outlier_percent"].values())
+    return (
+        f"PE {stats['pe_mean']:.2f} ± {stats['pe_std']:.2f} mm (median {stats['pe_median']:.2f}), "
+        f">= {thresholds} mm: {percents} %"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -367,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except (ValueError, FileNotFoundError) as error:
         parse.error(str(error))
     results: dict[str, dict[str, Evaluation]] = {}
+    baselines: dict[str, dict[str, np.ndarray]] = {}
     for params, run in runs:
         name = run_name(params.networks[0], params.cv)
         if run is None:
@@ -374,13 +405,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
         else:
             write_json_atomic(run.config, config_to_dict(params))  # the resumed run's (possibly new) settings
         print(f"=== {name}: {run.root}")
-        results.setdefault(params.networks[0], {})[name] = train_and_test(params, run, resume=bool(resume))
-    summary = {network: summarize(evaluations) for network, evaluations in results.items()}
+        evaluation, baseline = train_and_test(params, run, resume=bool(resume))
+        results.setdefault(params.networks[0], {})[name] = evaluation
+        baselines.setdefault(params.networks[0], {})[name] = baseline
+    summary = {network: summarize(results[network], baselines[network]) for network in results}
     for network, evaluations in results.items():
-        print(f"\n{network}: point errors of the last test per fold (mm)")
-        print(format_fold_table([e.stats for e in evaluations.values()], list(evaluations)), end="")
         pooled = summary[network]["pooled"]
-        print(f"pooled over all folds: {format_scalars(main_figures(pooled))}")
+        baseline = summary[network]["mean_shape_baseline"]["pooled"]
+        print(f"\n{network}: point errors of the last test per fold, in mm (outliers: % of point errors)")
+        rows = {"pooled (all folds)": pooled, "mean-shape baseline": baseline}
+        fold_stats = [evaluation.stats for evaluation in evaluations.values()]
+        print(format_fold_table(fold_stats, list(evaluations), extra_rows=rows), end="")
+        if pooled["pe_mean"] is not None and baseline["pe_mean"]:
+            ratio = pooled["pe_mean"] / baseline["pe_mean"]
+            print(
+                f"{network}: mean point error {pooled['pe_mean']:.2f} mm = {ratio:.2f} x the mean-shape "
+                f"baseline ({baseline['pe_mean']:.2f} mm) on the same {pooled['num_images']} test images"
+            )
     if not resume:  # a resumed run is one fold: keep the experiment's summary.json
         output = Path(runs[0][0].output)
         write_json_atomic(output / "summary.json", summary)

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import keras
 import numpy as np
 import pytest
 
@@ -10,7 +11,9 @@ pytest.importorskip("dataset", reason="dataset.py (the Dataset main.py trains on
 
 import main  # noqa: E402
 from main import PRESETS, Parameters, check, parser, resolve  # noqa: E402
+from network import heatmap_factor  # noqa: E402
 from utils.io.landmarks import read_landmarks_csv  # noqa: E402
+from utils.training.loop import make_optimizer  # noqa: E402
 from utils.training.output import config_from_dict, config_to_dict  # noqa: E402
 
 
@@ -71,6 +74,11 @@ def test_presets_resolve_to_the_documented_values():
     downsampling = resolve("paper", {}, "downsampling_net")
     assert downsampling.sigma == 1.5 and downsampling.image_size == (256, 256)
     assert resolve("paper", {"sigma": 2.0}, "downsampling_net").sigma == 2.0
+    # heatmaps: 256x256 (sigma 3) except Downsampling-Net's 64x64 (sigma 1.5); ConvOnly-Net input 128x128
+    assert [heatmap_factor(name) for name in paper.networks] == [1, 1, 4, 1]
+    optimizer = make_optimizer(paper.optimizer, paper.learning_rate, paper.momentum)
+    assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.nesterov
+    assert optimizer.momentum == 0.99 and float(optimizer.learning_rate) == pytest.approx(1e-7)
 
 
 def test_parameter_checks_name_the_option():
@@ -110,7 +118,8 @@ def test_end_to_end_run_writes_every_output(tmp_path, capsys):
     summary = main.main([*TINY, "--dataset", str(data), "--output", str(output), "--save-debug-images"])
     printed = capsys.readouterr().out
     assert "generating 8 synthetic hand images" in printed and "--dataset FOLDER" in printed
-    assert "mean ± std" in printed and "pooled over all folds" in printed
+    assert "mean ± std" in printed and "pooled (all folds)" in printed
+    assert "mean-shape baseline on the" in printed and "x the mean-shape baseline" in printed
     (run,) = (output / "scn_cv1").iterdir()
     for name in ("config.json", "main.py", "dataset.py", "network.py", "history.json", "history.csv",
                  "training_curves.png", "checkpoints/ckpt_00000004.npz"):  # fmt: skip
@@ -128,6 +137,7 @@ def test_end_to_end_run_writes_every_output(tmp_path, capsys):
     saved = json.loads((output / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     assert saved["scn"]["runs"]["scn_cv1"]["num_images"] == len(test_ids)
+    assert saved["scn"]["mean_shape_baseline"]["pooled"]["num_images"] == len(test_ids)
     assert json.loads((run / "config.json").read_text())["networks"] == ["scn"]
 
     summary = main.main(["--resume", str(run), "--max-iter", "6"])
