@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar=("X", "Y", "Z"),
         help="volume only: voxels per axis (default 64 64 96; the field of view stays ~112 x 112 x 176 mm)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no per-image progress lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.kind == "hand":

@@ -420,7 +420,7 @@ def generate_hand_dataset(
         num_images: number of radiographs, at least 3.
         seed: seed of all draws; the same seed writes the same data set.
         pixels_per_mm: fixed layout scale (pixels per hand-frame mm), or None for the atlas-like range.
-        progress: print one line per image to stderr.
+        progress: print a progress line to stderr every few seconds and after the last image.
 
     Returns:
         The ids written.

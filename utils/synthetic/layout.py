@@ -26,6 +26,7 @@ __all__ = ["write_dataset"]
 
 CV_FOLDS = 3
 TEST_FRACTION = 1 / 3
+PROGRESS_EVERY_S = 5.0  # seconds between two progress lines
 
 
 def write_dataset(
@@ -48,7 +49,7 @@ def write_dataset(
         prefix: id prefix; ids are f"{prefix}_{k:04d}".
         num_images: number of samples, at least 3 (one per cross-validation fold).
         seed: the seed of all draws.
-        progress: print one line per image to stderr.
+        progress: print a progress line to stderr every few seconds and after the last image.
 
     Returns:
         The ids written, in order.
@@ -68,13 +69,15 @@ def write_dataset(
     ids = [f"{prefix}_{k:04d}" for k in range(num_images)]
     landmarks = {}
     start = time.perf_counter()
+    reported = 0.0
     for k, image_id in enumerate(ids):
         image, points = render(np.random.default_rng([seed, k]))
         write_image(image, temporary / "images" / f"{image_id}.mha")
         landmarks[image_id] = points
-        if progress:
-            elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        if progress and (elapsed >= reported + PROGRESS_EVERY_S or k + 1 == num_images):
             print(f"[{k + 1}/{num_images}] {image_id}.mha {elapsed:.1f} s", file=sys.stderr, flush=True)
+            reported = elapsed
     write_landmarks_csv(temporary / "setup" / "all.csv", landmarks)
     write_splits(temporary, folds=CV_FOLDS, test_fraction=TEST_FRACTION, seed=seed)
     temporary.rename(out_dir)

@@ -252,7 +252,7 @@ def generate_volume_dataset(
         num_images: number of volumes, at least 3.
         seed: seed of all draws; the same seed writes the same data set.
         size: (x, y, z) voxels per volume.
-        progress: print one line per volume to stderr.
+        progress: print a progress line to stderr every few seconds and after the last volume.
 
     Returns:
         The ids written.
