@@ -309,11 +309,14 @@ class Dataset:
         over landmarks). Call before the first `train_dataset`."""
         self.debug_folder = Path(folder)
 
-    def train_dataset(self, start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    def train_dataset(self, start_batch: int = 0, copy: bool = True) -> Iterator[dict[str, np.ndarray]]:
         """Endless shuffled, augmented training batches, deterministic in (seed, batch number).
 
         Args:
             start_batch: Number of batches already consumed (a resumed run continues identically).
+            copy: If False, the arrays are views of the loader's buffers, valid only until the next batch
+                is requested (a training loop that consumes each batch first saves copying ~10 MB per hand
+                sample); keep them with `.copy()`.
 
         Returns:
             Iterator of {"image": (B, [z,] y, x, 1), "heatmaps": (B, [z,] y, x, N), "mask": (B, N)}, float32.
@@ -322,7 +325,7 @@ class Dataset:
             self._train_loader = BatchLoader(
                 self._samples(self.train_ids, validation=False), len(self.train_ids), self.batch_size,
                 seed=self.seed, num_workers=self.workers)
-        return self._train_loader.train_batches(start_batch)
+        return self._train_loader.train_batches(start_batch, copy)
 
     def validation_dataset(self) -> list[ValidationSample]:
         """Each test image once, through the non-random chain (same result every call).

@@ -141,7 +141,7 @@ def worker_peak_rss() -> list[int]:
 def throughput(folder: Path, config: tuple, workers: int, batches: int) -> dict[str, Any]:
     """Samples per second received from the training stream, after the workers' warm-up."""
     with make_dataset(folder, config, workers) as dataset:
-        stream = dataset.train_dataset()
+        stream = dataset.train_dataset(copy=False)  # as main.py consumes it
         for _ in range(max(2, workers)):  # start the workers, fill their caches, compile
             next(stream)
         start = time.perf_counter()

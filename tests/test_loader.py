@@ -173,3 +173,24 @@ def test_makers_writing_into_the_batch_give_the_same_batches(workers):
     assert_same_batches(batches, expected)
     assert_same_batches(ordered, list(BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE).ordered_batches()))
     assert batches[0]["image"].dtype == np.float32 and batches[0]["index"].dtype == np.int64
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_without_copy_are_views_valid_until_the_next_request(workers):
+    expected = take(BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE, seed=4).train_batches(), 6)
+    with BatchLoader(InPlaceSample(), NUM_SAMPLES, BATCH_SIZE, seed=4, num_workers=workers) as loader:
+        stream = loader.train_batches(copy=False)
+        received, images = [], []
+        for _ in range(6):
+            batch = next(stream)
+            images.append(batch["image"])
+            received.append({k: v.copy() if isinstance(v, np.ndarray) else v for k, v in batch.items()})
+        if workers:  # views of the shared-memory slots, not copies
+            assert not any(image.flags.owndata for image in images)
+        else:  # one buffer, reused for every batch
+            assert all(image is images[0] for image in images)
+        stream.close()
+        resumed = take(loader.train_batches(6), 2)  # slots handed back by the closed stream are reused
+    assert_same_batches(received, expected)
+    reference = BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE, seed=4)
+    assert_same_batches(resumed, take(reference.train_batches(6), 2))

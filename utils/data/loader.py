@@ -216,6 +216,14 @@ def _views(block: SharedMemory, layout: list[tuple[str, tuple[int, ...], str, in
     }
 
 
+def _close_block(block: SharedMemory) -> None:
+    """Unmaps a slot; while a consumer still holds views of it (copy=False), they keep the mapping alive."""
+    try:
+        block.close()
+    except BufferError:
+        pass
+
+
 class _WorkerSlots:
     """A worker's open mappings of the parent's slots (least recently used closed beyond the pool size)."""
 
@@ -363,11 +371,14 @@ class BatchLoader:
 
     # ------------------------------------------------------------------ public iteration
 
-    def train_batches(self, start_batch: int = 0) -> Iterator[dict[str, Any]]:
+    def train_batches(self, start_batch: int = 0, copy: bool = True) -> Iterator[dict[str, Any]]:
         """Endless shuffled, augmented batches (epochs follow one another).
 
         Args:
             start_batch: Number of batches already consumed (to resume a run exactly).
+            copy: If False, a batch's arrays are views of the loader's buffer (its shared-memory slot, or one
+                reused in-process buffer), valid only until the next batch is requested: a training step that
+                consumes each batch before asking for the next saves copying ~10 MB per hand sample.
 
         Yields:
             Batches from `collate`: arrays (batch_size, ...), other values as lists.
@@ -375,7 +386,7 @@ class BatchLoader:
         Raises:
             SampleError: When a sample fails (names its index; carries the original traceback text).
         """
-        return self._run(self._train_items(start_batch), randomize=True)
+        return self._run(self._train_items(start_batch), randomize=True, copy=copy)
 
     def ordered_batches(self, batch_size: int | None = None) -> Iterator[dict[str, Any]]:
         """One pass over all samples in index order, without randomness (``rng=None``).
@@ -416,7 +427,7 @@ class BatchLoader:
         self._drain(timeout=0.0)
         for block in self._slots:
             if block is not None:
-                block.close()
+                _close_block(block)
                 block.unlink()
         self._slots, self._free_slots = [], []
         self._slot_of.clear()
@@ -451,22 +462,26 @@ class BatchLoader:
                 items.append((epoch, int(permutations[epoch][position % n])))
             yield items
 
-    def _run(self, batches: Iterator[list[tuple[int, int]]], randomize: bool) -> Iterator[dict[str, Any]]:
+    def _run(
+        self, batches: Iterator[list[tuple[int, int]]], randomize: bool, copy: bool = True
+    ) -> Iterator[dict[str, Any]]:
         if self.num_workers == 0:
             spec = _array_spec(self.make_sample)
+            reused: dict[str, np.ndarray] = {}
             for items in batches:
                 if spec is None:
                     yield collate(_make_samples(self.make_sample, items, self.seed, randomize))
-                else:
-                    arrays = {
-                        key: np.empty((len(items), *shape), dtype) for key, (shape, dtype) in spec.items()
-                    }
-                    yield _made_in_place(self.make_sample, items, self.seed, randomize, arrays)
+                    continue
+                shapes = {key: ((len(items), *shape), dtype) for key, (shape, dtype) in spec.items()}
+                if copy or any(reused.get(k, np.empty(0)).shape != shape for k, (shape, _) in shapes.items()):
+                    reused = {key: np.empty(shape, dtype) for key, (shape, dtype) in shapes.items()}
+                yield _made_in_place(self.make_sample, items, self.seed, randomize, reused)
             return
         self._start()
         stream = next(self._stream_ids)
         submitted = consumed = 0
         exhausted = False
+        held = None  # slot whose views the consumer holds (copy=False), freed when it asks for more
         try:
             while True:
                 while not exhausted and submitted - consumed < self.prefetch_batches:
@@ -482,8 +497,14 @@ class BatchLoader:
                 consumed += 1
                 if status == "error":
                     raise SampleError(*payload)
-                yield self._unpack(payload, slot)
+                held = None if copy else slot
+                yield self._unpack(payload, slot, copy)
+                if held is not None:
+                    self._free_slots.append(held)
+                    held = None
         finally:
+            if held is not None:
+                self._free_slots.append(held)
             self._abandon(stream)
 
     def _start(self) -> None:
@@ -514,13 +535,16 @@ class BatchLoader:
             slot = (*slot, len(self._slots))
         self._tasks.put((key, items, randomize, slot))
 
-    def _unpack(self, message: tuple, slot: int | None) -> dict[str, Any]:
-        """The batch of a worker's message; copies the arrays out of the slot and frees the slot."""
+    def _unpack(self, message: tuple, slot: int | None, copy: bool = True) -> dict[str, Any]:
+        """The batch of a worker's message: arrays copied out of the slot, which is freed (copy=True), or
+        views of the slot, which the caller frees once the consumer is done with them (copy=False)."""
         if message[0] == "pickle":
             return message[1]
         _, _, layout, others, keys = message
-        arrays = {key: view.copy() for key, view in _views(self._slots[slot], layout).items()}
-        self._free_slots.append(slot)
+        arrays = _views(self._slots[slot], layout)
+        if copy:
+            arrays = {key: view.copy() for key, view in arrays.items()}
+            self._free_slots.append(slot)
         return {key: arrays[key] if key in arrays else others[key] for key in keys}
 
     def _wait_for(self, key: tuple[int, int]) -> tuple[str, Any, int | None]:
@@ -561,7 +585,7 @@ class BatchLoader:
         if block is not None and block.name == name:
             return
         if block is not None:
-            block.close()
+            _close_block(block)
             block.unlink()
         self._slots[slot] = SharedMemory(name=name)
 
