@@ -53,8 +53,9 @@ class SourceImage:
 def prepare_source(image: sitk.Image, spatial: SpatialAugmentation, output: Geometry) -> SourceImage:
     """Decodes an image once: float32 array, robust intensity range, block-averaged copy for resampling.
 
-    The block size is chosen from the validation (non-random) transform so that one output pixel still
-    spans about two averaged pixels.
+    The block size is chosen from the validation (non-random) transform so that one output pixel spans
+    about one averaged pixel (`utils.transforms.warp.block_average_factor`): a box pre-filter as wide as
+    the output spacing.
 
     Args:
         image: The source image (2D or 3D, any pixel type with one component).
