@@ -441,4 +441,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except KeyboardInterrupt:  # the training loop has saved a checkpoint and said how to resume
+        sys.exit("\ninterrupted")

@@ -209,6 +209,33 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert restored.iteration == 4
 
 
+def test_interrupt_saves_the_last_finished_iteration_and_resumes_exactly(tmp_path):
+    good = fake_batches()
+
+    def interrupted(start):
+        for index, batch in enumerate(good(start), start=start):
+            if index == 5:  # Ctrl-C while the 6th batch is being drawn
+                raise KeyboardInterrupt
+            yield batch
+
+    run = new_run(tmp_path, "interrupted")
+    schedule = Schedule(max_iter=8, test_iter=100, snapshot_iter=4)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        train(compiled(), interrupted, run, schedule, state={"seed": 0}, log=lines.append)
+    assert latest_checkpoint(run.checkpoints).name == "ckpt_00000005.npz"
+    assert any("interrupted after iteration 5" in line and f"--resume {run.root}" in line for line in lines)
+    assert run.root.joinpath("history.json").is_file()
+    resumed = compiled()
+    train(resumed, good, RunFolder.open(run.root), schedule, state={"seed": 0}, resume=True,
+          log=lambda _: None)
+    whole = compiled()
+    train(whole, good, new_run(tmp_path, "whole"), schedule, state={"seed": 0}, log=lambda _: None)
+    for a, b in zip(state_of(whole), state_of(resumed), strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
 def test_tests_progress_and_history(tmp_path):
     run = new_run(tmp_path)
     lines, tested = [], []

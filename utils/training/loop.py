@@ -194,34 +194,44 @@ def train(
     iterator = batches(start)
     window_start, window_losses = time.perf_counter(), []
     run_start, run_first = window_start, start
-    for iteration in range(start + 1, schedule.max_iter + 1):
-        batch = next(iterator)
-        logs = model.train_on_batch([batch["image"], batch["mask"]], batch["heatmaps"], return_dict=True)
-        loss = float(logs["loss"])
-        if not math.isfinite(loss):
-            where = f"the last good checkpoint {last_good} is kept" if last_good else "no checkpoint yet"
-            history.save()
-            raise NonFiniteLossError(
-                f"training stopped: the loss became {loss} at iteration {iteration}; {where}. Try a lower "
-                "learning rate."
-            )
-        window_losses.append(loss)
-        now = time.perf_counter()
-        if now - window_start >= schedule.report_every_s or iteration == schedule.max_iter:
-            speed = (iteration - run_first) / max(now - run_start, 1e-9)
-            eta = (schedule.max_iter - iteration) / max(speed, 1e-9)
-            mean_loss = float(np.mean(window_losses))
-            log(
-                f"iter {iteration:>7d}/{schedule.max_iter}  loss {mean_loss:.4g}  "
-                f"{speed:.2f} it/s  ETA {_duration(eta)}"
-            )
-            history.add_train(iteration, mean_loss, speed)
-            window_start, window_losses = now, []
-        if iteration % schedule.snapshot_iter == 0 or iteration == schedule.max_iter:
-            last_good = save_checkpoint(run.checkpoints, model, iteration, state)
-            history.save()
-        if evaluate is not None and (iteration % schedule.test_iter == 0 or iteration == schedule.max_iter):
-            history.add_test(iteration, evaluate(iteration))
+    completed = start  # the last iteration whose update has finished
+    try:
+        for iteration in range(start + 1, schedule.max_iter + 1):
+            batch = next(iterator)
+            logs = model.train_on_batch([batch["image"], batch["mask"]], batch["heatmaps"], return_dict=True)
+            loss = float(logs["loss"])
+            if not math.isfinite(loss):
+                where = f"the last good checkpoint {last_good} is kept" if last_good else "no checkpoint yet"
+                history.save()
+                raise NonFiniteLossError(
+                    f"training stopped: the loss became {loss} at iteration {iteration}; {where}. "
+                    "Try a lower learning rate."
+                )
+            completed = iteration
+            window_losses.append(loss)
+            now = time.perf_counter()
+            if now - window_start >= schedule.report_every_s or iteration == schedule.max_iter:
+                speed = (iteration - run_first) / max(now - run_start, 1e-9)
+                eta = (schedule.max_iter - iteration) / max(speed, 1e-9)
+                mean_loss = float(np.mean(window_losses))
+                log(
+                    f"iter {iteration:>7d}/{schedule.max_iter}  loss {mean_loss:.4g}  "
+                    f"{speed:.2f} it/s  ETA {_duration(eta)}"
+                )
+                history.add_train(iteration, mean_loss, speed)
+                window_start, window_losses = now, []
+            if iteration % schedule.snapshot_iter == 0 or iteration == schedule.max_iter:
+                last_good = save_checkpoint(run.checkpoints, model, iteration, state)
+                history.save()
+            testing = iteration % schedule.test_iter == 0 or iteration == schedule.max_iter
+            if evaluate is not None and testing:
+                history.add_test(iteration, evaluate(iteration))
+    except KeyboardInterrupt:  # keep the work done since the last snapshot (a step cut short is not counted)
+        if completed > start:
+            saved = save_checkpoint(run.checkpoints, model, completed, state)
+            log(f"interrupted after iteration {completed}: saved {saved}; continue with --resume {run.root}")
+        history.save()
+        raise
     history.save()
     history.plot()
     return history
