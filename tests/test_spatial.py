@@ -190,17 +190,6 @@ def test_nan_points_pass_through_both_directions():
         assert np.all(np.isnan(mapped[1])) and np.all(np.isfinite(mapped[[0, 2]]))
 
 
-@pytest.mark.parametrize(("source", "target"), CASES, ids=["2d", "3d"])
-def test_coordinate_map_matches_output_to_input(source, target):
-    transform = _random_chain(source.dim).sample(source, target, np.random.default_rng(6))
-    coordinates = transform.coordinate_map()
-    assert coordinates.shape == target.shape + (source.dim,)
-    indices = np.stack(np.meshgrid(*[np.arange(s) for s in target.size], indexing="ij"), axis=-1)
-    indices = np.moveaxis(indices, list(range(source.dim)), list(range(source.dim))[::-1])  # NumPy order
-    expected = source.physical_to_index(transform.output_to_input(target.index_to_physical(indices)))
-    np.testing.assert_allclose(coordinates, expected, atol=1e-8)
-
-
 def test_deformation_stays_within_its_maximum():
     deformation = RandomBSplineDeformation((5, 4), (20.0, 5.0))(OUTPUT_2D, np.random.default_rng(8))
     assert deformation.nodes == (5, 4)

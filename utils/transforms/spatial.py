@@ -748,28 +748,6 @@ class SampleTransform:
             return target
         return self.deformation.solve(target, tolerance, max_iterations)
 
-    def coordinate_map(self) -> np.ndarray:
-        """Input continuous index of every output voxel centre (for interpolating the input array directly).
-
-        Computed separably: the affine part along the index axes, the deformation with
-        `BSplineDisplacement.on_grid`.
-
-        Returns:
-            (*output.shape, dim) float64 input continuous indices, NumPy order ([z,] y, x) for the grid
-            axes and coordinate order (x, y[, z]) in the last axis.
-        """
-        dim = self.output.dim
-        to_index = self.input.physical_to_index_matrix @ self.inverse_matrix
-        full = to_index @ self.output.index_to_physical_matrix
-        coordinates = np.broadcast_to(full[:dim, dim], self.output.shape + (dim,)).copy()
-        for axis in range(dim):
-            shape = [1] * dim + [dim]
-            shape[dim - 1 - axis] = self.output.size[axis]
-            coordinates += (np.arange(self.output.size[axis])[:, None] * full[:dim, axis]).reshape(shape)
-        if self.deformation is not None:
-            coordinates += self.deformation.on_grid(self.output) @ to_index[:dim, :dim].T
-        return coordinates
-
     def to_sitk(self) -> sitk.Transform:
         """One SimpleITK transform OUTPUT physical -> INPUT physical, as `sitk.Resample` expects.
 
