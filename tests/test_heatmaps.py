@@ -149,3 +149,75 @@ def test_out_buffer_is_zeroed_and_filled_like_a_fresh_array():
     np.testing.assert_array_equal(out, expected)
     with pytest.raises(ValueError, match=r"out must be a float32 array of shape \(64, 80, 3\)"):
         gaussian_heatmaps(points, (64, 80), 2.0, out=np.zeros((64, 80, 2), np.float32))
+
+
+
+def random_points(rng, shape, num):
+    """(num, dim) points in (x, y[, z]) order: inside, outside, on and just past the border, and NaN rows."""
+    sizes = np.array(shape[::-1], dtype=np.float64)
+    points = rng.uniform(-0.2, 1.2, size=(num, len(shape))) * sizes
+    border = rng.random(num) < 0.4
+    offsets = np.array([-0.51, -0.5, 0.0, 0.4])  # from the first voxel, or back from the last one
+    near = rng.choice(offsets, size=(border.sum(), len(shape)))
+    points[border] = np.where(rng.random(near.shape) < 0.5, near, sizes - 1.0 - near)
+    points[rng.random(num) < 0.15] = np.nan
+    return points
+
+
+@pytest.mark.parametrize(("shape", "num"), [((40, 56), 9), ((18, 20, 22), 5)])
+def test_reused_buffer_with_windows_equals_a_fresh_render_after_every_call(shape, num):
+    rng = np.random.default_rng(11)
+    out = np.zeros((*shape, num), np.float32)
+    windows = np.zeros((num, len(shape), 2), np.int32)
+    for call in range(40):
+        points = random_points(rng, shape, num)
+        if call % 10 == 9:
+            points[:] = np.nan  # a sample without a single landmark empties every box
+        sigma = rng.uniform(0.5, 4.0, size=num) if call % 2 else float(rng.uniform(0.5, 4.0))
+        normalize = call % 3 == 0
+        result = gaussian_heatmaps(points, shape, sigma, normalize=normalize, out=out, windows=windows)
+        assert result is out
+        expected = gaussian_heatmaps(points, shape, sigma, normalize=normalize)
+        assert np.array_equal(out, expected), f"call {call} differs from a fresh render"
+        nonzero = np.argwhere(out != 0)  # every value drawn lies inside its channel's recorded box
+        for axis in range(len(shape)):
+            coordinate = nonzero[:, len(shape) - 1 - axis]
+            assert np.all(windows[nonzero[:, -1], axis, 0] <= coordinate)
+            assert np.all(coordinate < windows[nonzero[:, -1], axis, 1])
+
+
+def test_windows_record_the_drawn_boxes_and_empty_ones_for_missing_and_outside_points():
+    points = np.array([[10.0, 12.0], [np.nan, np.nan], [-3.0, 5.0], [39.0, 0.0]])
+    out = np.full((30, 40, 4), 5.0, np.float32)
+    windows = np.zeros((4, 2, 2), np.int32)
+    windows[:] = [[0, 40], [0, 30]]  # boxes covering the whole grid: the precondition holds for any `out`
+    gaussian_heatmaps(points, (30, 40), 1.0, out=out, windows=windows)
+    np.testing.assert_array_equal(out, gaussian_heatmaps(points, (30, 40), 1.0))
+    radius = int(np.ceil(TRUNCATE_SIGMAS * 1.0 + 0.5))  # 2 * radius + 1 indices around the nearest voxel
+    np.testing.assert_array_equal(windows[0], [[10 - radius, 11 + radius], [12 - radius, 13 + radius]])
+    np.testing.assert_array_equal(windows[1], 0)
+    np.testing.assert_array_equal(windows[2], 0)
+    np.testing.assert_array_equal(windows[3], [[40 - 2 * radius - 1, 40], [0, 2 * radius + 1]])
+
+
+OUT = "a zero float32 (8, 8, 3) buffer"
+
+
+@pytest.mark.parametrize(
+    ("out", "windows", "message"),
+    [
+        (None, np.zeros((3, 2, 2), np.int32), r"windows is only allowed together with out"),
+        (OUT, np.zeros((3, 2, 2), np.int64), r"int32 array of shape \(3, 2, 2\), got int64 \(3, 2, 2\)"),
+        (OUT, np.zeros((2, 2, 2), np.int32), r"int32 array of shape \(3, 2, 2\), got int32 \(2, 2, 2\)"),
+        (OUT, [[[0, 1]] * 2] * 3, r"int32 array .*got list"),
+        (OUT, np.full((3, 2, 2), [0, 9], np.int32), r"start <= stop <= size per axis \[8, 8\]"),
+        (OUT, np.full((3, 2, 2), [-1, 2], np.int32), r"0 <= start"),
+        (OUT, np.full((3, 2, 2), [3, 2], np.int32), r"start <= stop"),
+    ],
+)
+def test_invalid_windows_are_refused_before_anything_is_written(out, windows, message):
+    out = np.zeros((8, 8, 3), np.float32) if out == OUT else out
+    with pytest.raises(ValueError, match=message):
+        gaussian_heatmaps(np.full((3, 2), 4.0), (8, 8), 1.0, out=out, windows=windows)
+    if out is not None:
+        assert not out.any()
