@@ -4,7 +4,8 @@ Two configurations (issue 5):
 - hand: 2D radiographs (the real ones in ../shared/data/hand_xray_real when present, else synthetic
   phantoms of the same size) -> 256 x 256 input + 37 heatmaps of 256 x 256, the full training chain
   (fit to size, translation, rotation, scaling, 5 x 5 B-spline deformation, intensity augmentation);
-- volume: synthetic 256^3 volumes -> 128^3 input + 10 heatmaps of 128^3, the 3D training chain.
+- volume: synthetic 256^3 volumes of 1 mm voxels (a torso phantom with air around it) -> 128^3 input + 10
+  heatmaps of 128^3, the 3D training chain.
 
 For each it reports (1) the time of every stage of one sample in this process (transform draw, resampling,
 intensity, landmark mapping, heatmaps), next to SimpleITK's single-threaded resampling of the same
@@ -21,6 +22,7 @@ Commands (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
@@ -38,7 +40,6 @@ from utils.data.loader import sample_rng
 from utils.io.id_list import write_id_list
 from utils.landmarks.heatmaps import gaussian_heatmaps
 from utils.synthetic import generate_hand_dataset, generate_volume_dataset
-from utils.transforms.intensity import rescale_intensity
 from utils.transforms.warp import warp
 
 REAL_HANDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hand_xray_real"
@@ -70,12 +71,12 @@ def hand_folder(cache: Path, quick: bool) -> tuple[Path, str]:
 
 
 def volume_folder(cache: Path, quick: bool) -> tuple[Path, str]:
-    """A dataset folder of synthetic volumes of 256^3 voxels (32^3 with --quick)."""
+    """A dataset folder of synthetic volumes of 256^3 voxels of about 1 mm (32^3 of 8 mm with --quick)."""
     size = (32, 32, 32) if quick else (256, 256, 256)
-    folder = cache / f"volume{size[0]}"
+    folder = cache / f"volume{size[0]}_fov256mm"
     if not folder.is_dir():
-        generate_volume_dataset(folder, num_images=4, seed=0, size=size)
-    return folder, f"synthetic volumes of {size[0]}^3 voxels"
+        generate_volume_dataset(folder, num_images=4, seed=0, size=size, field_of_view=(256.0, 256.0, 256.0))
+    return folder, f"synthetic volumes of {size[0]}^3 voxels, 256 mm field of view"
 
 
 def make_dataset(folder: Path, config: tuple, workers: int) -> Dataset:
@@ -90,20 +91,20 @@ def stage_times(dataset: Dataset, repeats: int) -> list[dict[str, Any]]:
     generator = samples.generator
     source, landmarks = samples._source(0), samples.landmarks[0]
     spec = generator.array_spec(landmarks.shape[0])
-    heatmaps = np.empty(*spec["heatmaps"])
+    buffers = {key: np.zeros(shape, dtype) for key, (shape, dtype) in spec.items()}  # as a loader's slot
     rngs = iter([sample_rng(1, 0, k) for k in range(10 * (repeats + 2))])
-    transform = generator.spatial.sample(source.geometry, generator.output, next(rngs))
-    image = warp(source.array, source.array_geometry, transform)
-    points = generator.heatmap_geometry.physical_to_index(transform.input_to_output(landmarks))
-    buffers = {key: np.empty(shape, dtype) for key, (shape, dtype) in spec.items()}
+    # every stage cycles through the same random transforms (the cost of a warp varies with the draw)
+    transforms = [generator.spatial.sample(source.geometry, generator.output, next(rngs)) for _ in range(8)]
+    points = [generator.heatmap_geometry.physical_to_index(t.input_to_output(landmarks)) for t in transforms]
+    draws = itertools.cycle(range(len(transforms)))
+    image = buffers["image"][..., 0]
     stages = {
         "draw transform": lambda: generator.spatial.sample(source.geometry, generator.output, next(rngs)),
-        "resample (compiled)": lambda: warp(source.array, source.array_geometry, transform),
-        "intensity": lambda: generator.intensity(rescale_intensity(image, *source.intensity_range),
-                                                 next(rngs)),
-        "map landmarks": lambda: transform.input_to_output(landmarks),
-        "heatmaps": lambda: gaussian_heatmaps(points, generator.heatmap_geometry.shape, generator.sigma,
-                                              out=heatmaps),
+        "resample (compiled)": lambda: warp(source.warp_source, transforms[next(draws)], out=image),
+        "intensity": lambda: generator.intensity(image, next(rngs), out=image),
+        "map landmarks": lambda: transforms[next(draws)].input_to_output(landmarks),
+        "heatmaps": lambda: gaussian_heatmaps(points[next(draws)], generator.heatmap_geometry.shape,
+                                              generator.sigma, out=buffers["heatmaps"]),
         "whole sample": lambda: generator(source, landmarks, next(rngs), buffers),
     }
     rows = [{"stage": name, "ms": 1e3 * time_calls(call, warmup=1, repeats=repeats).median}
@@ -117,7 +118,8 @@ def stage_times(dataset: Dataset, repeats: int) -> list[dict[str, Any]]:
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
-        reference = time_calls(lambda: transform.resample(original), warmup=1, repeats=max(1, repeats // 4))
+        reference = time_calls(lambda: transforms[next(draws)].resample(original), warmup=1,
+                               repeats=max(1, repeats // 4))
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     rows.append({"stage": "resample (SimpleITK, 1 thread, full image)", "ms": 1e3 * reference.median})

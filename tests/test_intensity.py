@@ -51,6 +51,21 @@ def test_shift_and_scale_known_answer():
     np.testing.assert_allclose(result, np.clip(array * factor + shift, -1.0, 1.0), atol=1e-6)
 
 
+@pytest.mark.parametrize("options", [{}, {"gamma": 0.3}, {"noise_std": 0.05}, {"clamp": None}])
+def test_in_place_equals_a_new_array(options):
+    augmentation = IntensityAugmentation(**options)
+    array = np.linspace(-1.2, 1.2, 50, dtype=np.float32).reshape(5, 10)
+    expected = augmentation(array, np.random.default_rng(8))
+    into = np.full_like(array, np.nan)
+    assert augmentation(array, np.random.default_rng(8), out=into) is into
+    in_place = array.copy()
+    augmentation(in_place, np.random.default_rng(8), out=in_place)
+    np.testing.assert_array_equal(into, expected)
+    np.testing.assert_array_equal(in_place, expected)
+    with pytest.raises(ValueError, match=r"out must be a float32 array of shape \(5, 10\), got float64"):
+        augmentation(array, None, out=np.zeros((5, 10)))
+
+
 def test_ranges_of_random_shift_and_scale():
     augmentation = IntensityAugmentation(shift=0.1, scale=0.2, clamp=None)
     rng = np.random.default_rng(0)

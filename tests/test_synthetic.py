@@ -203,3 +203,12 @@ def test_command_line(tmp_path, capsys):
     assert captured.out.strip().splitlines()[-1].startswith("wrote 3 volume images")
     assert str(tmp_path / "v") in captured.out and "[3/3] volume_0002.mha" in captured.err
     assert len(list((tmp_path / "v" / "images").glob("*.mha"))) == 3
+
+
+def test_volume_field_of_view_sets_the_spacing():
+    """A larger field of view at the same size gives proportionally larger voxels around the same body."""
+    image, landmarks = render_volume(np.random.default_rng(6), (32, 32, 32), field_of_view=(256.0,) * 3)
+    spacing = np.array(image.GetSpacing())
+    assert np.all((spacing >= 8.0 * 0.95 - 1e-3) & (spacing <= 8.0 * 1.05 + 1e-3))
+    index = np.array([image.TransformPhysicalPointToContinuousIndex(p) for p in landmarks])
+    assert np.all(index > 0) and np.all(index < 31)

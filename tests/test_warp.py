@@ -17,7 +17,7 @@ from utils.transforms.spatial import (
     RandomTranslate,
     SpatialAugmentation,
 )
-from utils.transforms.warp import block_average, block_average_factor, warp
+from utils.transforms.warp import WarpSource, block_average, block_average_factor, warp
 
 
 def _image(shape, spacing, origin, rng) -> sitk.Image:
@@ -42,7 +42,7 @@ def test_warp_2d_equals_simpleitk(seed, deform):
     image = _image((90, 70), (0.7, 1.3), (5.0, -2.0), rng)
     transform = _chain(2, deform).sample(Geometry.from_image(image), Geometry.grid((48, 40)), rng)
     expected = transform.resample(image)
-    result = warp(sitk.GetArrayFromImage(image), Geometry.from_image(image), transform)
+    result = warp(WarpSource.from_array(sitk.GetArrayFromImage(image), Geometry.from_image(image)), transform)
     assert result.shape == expected.shape == (40, 48) and result.dtype == np.float32
     np.testing.assert_allclose(result, expected, atol=2e-5)
 
@@ -53,10 +53,37 @@ def test_warp_3d_equals_simpleitk(deform):
     image = _image((30, 26, 22), (1.0, 1.0, 0.8), (0.0, 3.0, -4.0), rng)
     transform = _chain(3, deform).sample(Geometry.from_image(image), Geometry.grid((20, 18, 16)), rng)
     expected = transform.resample(image, default_value=-1.0)
-    result = warp(sitk.GetArrayFromImage(image), Geometry.from_image(image), transform, default_value=-1.0)
-    assert (result == -1.0).mean() < 0.5
-    assert result.shape == (16, 18, 20)
+    source = WarpSource.from_array(sitk.GetArrayFromImage(image), Geometry.from_image(image), -1.0)
+    out = np.full((16, 18, 20), np.nan, np.float32)
+    result = warp(source, transform, out=out)
+    assert result is out
+    assert 0.0 < (result == -1.0).mean() < 0.5  # outside points are exactly the default value
     np.testing.assert_allclose(result, expected, atol=2e-5)
+
+
+def test_warp_source_pads_with_border_then_default():
+    geometry = Geometry.grid((3, 2))
+    array = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int16)
+    source = WarpSource.from_array(array, geometry, default_value=-7.0)
+    assert source.padded.dtype == np.float32 and source.padded.shape == (6, 7)
+    np.testing.assert_array_equal(source.array, array)
+    np.testing.assert_array_equal(source.padded[1], [-7, 1, 1, 2, 3, 3, -7])  # the first padded row
+    np.testing.assert_array_equal(source.padded[0], np.full(7, -7.0))
+    assert source.nbytes == 6 * 7 * 4
+
+
+def test_warp_border_clamps_within_half_a_voxel_then_default():
+    """Points within half a voxel outside the image get the border value, further ones the default."""
+    geometry = Geometry.grid((4, 3))
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    source = WarpSource.from_array(array, geometry, default_value=100.0)
+    chain = SpatialAugmentation([RandomTranslate(0.0)])
+    output = Geometry.grid((12, 10), spacing=(0.5, 0.5), origin=(-1.25, -1.25))
+    transform = chain.sample(geometry, output, None)
+    expected = transform.resample(sitk.GetImageFromArray(array), default_value=100.0)
+    result = warp(source, transform)
+    assert result[0, 0] == 100.0 and result[2, 2] == array[0, 0]  # (-1.25, -1.25) and (-0.25, -0.25)
+    np.testing.assert_allclose(result, expected, atol=1e-6)
 
 
 def test_block_average_keeps_geometry_and_means():
@@ -83,7 +110,7 @@ def test_block_averaged_blob_lands_where_the_landmark_goes():
     factor = block_average_factor(_chain(2, True).sample(geometry, Geometry.grid((128, 128)), None))
     assert factor == 12  # 1600 / 128 = 12.5 input pixels per output pixel in the validation chain
     reduced, reduced_geometry = block_average(array, geometry, factor)
-    result = warp(reduced, reduced_geometry, transform)
+    result = warp(WarpSource.from_array(reduced, reduced_geometry), transform)
     expected = transform.input_to_output(centre)
     weights = np.clip(result - 0.5, 0, None)
     oy, ox = np.mgrid[0:128, 0:128]
@@ -91,9 +118,13 @@ def test_block_averaged_blob_lands_where_the_landmark_goes():
     np.testing.assert_allclose(centroid, expected, atol=0.1)
 
 
-def test_warp_rejects_mismatched_source():
+def test_warp_rejects_mismatched_source_and_out():
     rng = np.random.default_rng(5)
     geometry = Geometry.grid((10, 12))
     transform = _chain(2, False).sample(geometry, Geometry.grid((8, 8)), rng)
-    with pytest.raises(ValueError, match="does not match"):
-        warp(np.zeros((10, 12), np.float32), geometry, transform)
+    with pytest.raises(ValueError, match=r"array shape \(10, 12\) does not match"):
+        WarpSource.from_array(np.zeros((10, 12), np.float32), geometry)
+    with pytest.raises(ValueError, match="source is 3-D"):
+        warp(WarpSource.from_array(np.zeros((2, 12, 10)), Geometry.grid((10, 12, 2))), transform)
+    with pytest.raises(ValueError, match=r"out must be a float32 array of shape \(8, 8\)"):
+        warp(WarpSource.from_array(np.zeros((12, 10)), geometry), transform, out=np.zeros((8, 8)))

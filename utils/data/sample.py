@@ -22,7 +22,7 @@ from utils.landmarks.heatmaps import gaussian_heatmaps
 from utils.transforms.geometry import Geometry
 from utils.transforms.intensity import IntensityAugmentation, rescale_intensity, robust_range
 from utils.transforms.spatial import SampleTransform, SpatialAugmentation
-from utils.transforms.warp import block_average, block_average_factor, warp
+from utils.transforms.warp import WarpSource, block_average, block_average_factor, warp
 
 __all__ = ["SampleGenerator", "SourceImage", "prepare_source", "read_geometry"]
 
@@ -33,29 +33,28 @@ class SourceImage:
 
     Attributes:
         geometry: Geometry of the original image (the physical space its landmarks live in).
-        array: float32 intensities in NumPy order ([z,] y, x): the image, block-averaged when it is much
-            finer than the output grid (anti-aliasing; see `utils.transforms.warp.block_average`).
-        array_geometry: Geometry of `array` (the same physical space as `geometry`).
-        intensity_range: (lo, hi) robust intensity range of the original image (1st/99th percentiles).
+        warp_source: The image ready for `utils.transforms.warp.warp`: block-averaged when it is much finer
+            than the output grid (anti-aliasing; see `utils.transforms.warp.block_average`), with its robust
+            intensity range (1st/99th percentiles) mapped to [-1, 1] (`rescale_intensity`), and, outside
+            it, the value that intensity 0 of the original image maps to.
     """
 
     geometry: Geometry
-    array: np.ndarray
-    array_geometry: Geometry
-    intensity_range: tuple[float, float]
+    warp_source: WarpSource
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the array, in bytes (for the cache's limit)."""
-        return int(self.array.nbytes)
+        """Memory held, in bytes (for the cache's limit)."""
+        return self.warp_source.nbytes
 
 
 def prepare_source(image: sitk.Image, spatial: SpatialAugmentation, output: Geometry) -> SourceImage:
-    """Decodes an image once: float32 array, robust intensity range, block-averaged copy for resampling.
+    """Decodes an image once: a block-averaged, intensity-normalised, padded copy for resampling.
 
     The block size is chosen from the validation (non-random) transform so that one output pixel spans
     about one averaged pixel (`utils.transforms.warp.block_average_factor`): a box pre-filter as wide as
-    the output spacing.
+    the output spacing. The intensities are normalised here, once, instead of in every sample: linear
+    interpolation commutes with the linear map.
 
     Args:
         image: The source image (2D or 3D, any pixel type with one component).
@@ -69,7 +68,10 @@ def prepare_source(image: sitk.Image, spatial: SpatialAugmentation, output: Geom
     array = sitk.GetArrayViewFromImage(image).astype(np.float32)
     factor = block_average_factor(spatial.sample(geometry, output, None))
     reduced, reduced_geometry = block_average(array, geometry, factor)
-    return SourceImage(geometry, reduced, reduced_geometry, robust_range(array))
+    lo, hi = robust_range(array)
+    outside = float(rescale_intensity(np.zeros(1), lo, hi)[0])
+    normalised = rescale_intensity(reduced, lo, hi)
+    return SourceImage(geometry, WarpSource.from_array(normalised, reduced_geometry, outside))
 
 
 def read_geometry(path: str | os.PathLike, ignore_spacing: bool = False) -> Geometry:
@@ -184,16 +186,13 @@ class SampleGenerator:
         """
         out = out or {}
         transform = self.spatial.sample(source.geometry, self.output, rng)
-        image = warp(source.array, source.array_geometry, transform)
-        lo, hi = source.intensity_range
-        image = self.intensity(rescale_intensity(image, lo, hi), rng)[..., None]
+        image = out["image"] if "image" in out else np.empty((*self.output.shape, 1), np.float32)
+        warp(source.warp_source, transform, out=image[..., 0])
+        self.intensity(image[..., 0], rng, out=image[..., 0])
         points = self.heatmap_geometry.physical_to_index(transform.input_to_output(landmarks))
         size = np.asarray(self.heatmap_geometry.size)
         inside = np.all((points >= -0.5) & (points <= size - 0.5), axis=1)  # NaN compares False
         heatmaps = gaussian_heatmaps(points, self.heatmap_geometry.shape, self.sigma, out=out.get("heatmaps"))
-        arrays = {"image": image, "heatmaps": heatmaps, "mask": inside.astype(np.float32)}
-        for key in ("image", "mask"):
-            if key in out:
-                out[key][...] = arrays[key]
-                arrays[key] = out[key]
-        return arrays, transform
+        mask = out["mask"] if "mask" in out else np.empty(inside.shape, np.float32)
+        mask[...] = inside
+        return {"image": image, "heatmaps": heatmaps, "mask": mask}, transform

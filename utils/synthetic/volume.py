@@ -145,21 +145,25 @@ def _spine(rng: np.random.Generator, scale: float) -> tuple[np.ndarray, np.ndarr
 
 
 def render_volume(
-    rng: np.random.Generator, size: tuple[int, int, int] = (64, 64, 96)
+    rng: np.random.Generator,
+    size: tuple[int, int, int] = (64, 64, 96),
+    field_of_view: tuple[float, float, float] = FIELD_OF_VIEW_MM,
 ) -> tuple[sitk.Image, np.ndarray]:
     """Renders one torso phantom.
 
     Args:
         rng: the generator all draws come from; the same generator state gives the same volume.
-        size: (x, y, z) voxels; the physical field of view stays about `FIELD_OF_VIEW_MM`, so the spacing is
-            field of view / size (about 1.8 mm at the default size).
+        size: (x, y, z) voxels; the spacing is field of view / size (about 1.8 mm at the default size).
+        field_of_view: (x, y, z) physical extent in mm, jittered by 5 % per axis; the default frames the
+            lower spine, a larger one adds air around the body (e.g. (256, 256, 256) with a size of 256^3
+            gives 1 mm voxels).
 
     Returns:
         (image, landmarks): a 3D int16 SimpleITK image (identity direction, centred at the origin, spacing
         in mm) and the (10, 3) float64 physical positions (x, y, z) in mm of the vertebral body centres 1-10.
     """
     size = tuple(int(s) for s in size)
-    spacing = np.round(np.array(FIELD_OF_VIEW_MM) * rng.uniform(0.95, 1.05, 3) / np.array(size), 4)
+    spacing = np.round(np.array(field_of_view) * rng.uniform(0.95, 1.05, 3) / np.array(size), 4)
     origin = -(np.array(size) - 1) / 2.0 * spacing
     scale = rng.uniform(*BODY_SCALE)
     pose = Rotation.from_euler("xyz", np.radians(rng.normal(0.0, POSE_ROTATION_DEG))).as_matrix()
@@ -241,6 +245,7 @@ def generate_volume_dataset(
     seed: int = 0,
     size: tuple[int, int, int] = (64, 64, 96),
     progress: bool = False,
+    field_of_view: tuple[float, float, float] = FIELD_OF_VIEW_MM,
 ) -> list[str]:
     """Writes a torso phantom data set in the standard layout (see `utils.synthetic.layout.write_dataset`).
 
@@ -253,8 +258,10 @@ def generate_volume_dataset(
         seed: seed of all draws; the same seed writes the same data set.
         size: (x, y, z) voxels per volume.
         progress: print a progress line to stderr every few seconds and after the last volume.
+        field_of_view: (x, y, z) physical extent of each volume in mm (see `render_volume`).
 
     Returns:
         The ids written.
     """
-    return write_dataset(out_dir, partial(render_volume, size=size), "volume", num_images, seed, progress)
+    render = partial(render_volume, size=size, field_of_view=field_of_view)
+    return write_dataset(out_dir, render, "volume", num_images, seed, progress)

@@ -1,8 +1,9 @@
 """Intensity normalisation and augmentation of image arrays (any shape, any dimension).
 
-The usual sequence per sample: ``lo, hi = robust_range(source)`` once per source image, then
-``rescale_intensity(array, lo, hi)`` maps the robust range to [-1, 1], then ``IntensityAugmentation()(array,
-rng)`` draws a random shift and scale (training) or only clamps (validation, ``rng=None``).
+The usual sequence: ``lo, hi = robust_range(source)`` and ``rescale_intensity(source, lo, hi)`` (the robust
+range to [-1, 1]) once per source image (a linear map commutes with linear interpolation, so it need not be
+repeated per sample), then per sample ``IntensityAugmentation()(array, rng)`` draws a random shift and scale
+(training) or only clamps (validation, ``rng=None``).
 """
 
 from __future__ import annotations
@@ -104,17 +105,28 @@ class IntensityAugmentation:
         self.gamma = None if gamma is None else float(gamma)
         self.noise_std = None if noise_std is None else float(noise_std)
 
-    def __call__(self, array: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    def __call__(self, array: np.ndarray, rng: np.random.Generator | None,
+                 out: np.ndarray | None = None) -> np.ndarray:
         """Augment one array.
 
         Args:
-            array: Normalised intensities, any shape (e.g. ([z,] y, x)); not modified.
+            array: Normalised intensities, any shape (e.g. ([z,] y, x)); not modified unless it is `out`.
             rng: Generator for the random draws (scale, shift, gamma, then noise), or None for clamping only.
+            out: Optional float32 array of the same shape for the result; it may be `array` itself (in
+                place, as the loader does in its batch buffer).
 
         Returns:
-            float32 array of the same shape.
+            float32 array of the same shape (`out` when given).
         """
-        result = np.array(array, dtype=np.float32)
+        if out is None:
+            result = np.array(array, dtype=np.float32)
+        elif out.shape != np.shape(array) or out.dtype != np.float32:
+            raise ValueError(f"IntensityAugmentation: out must be a float32 array of shape "
+                             f"{np.shape(array)}, got {out.dtype} {out.shape}")
+        else:
+            result = out
+            if out is not array:
+                result[...] = array
         if rng is not None:
             result *= np.float32(1.0 + rng.uniform(-self.scale, self.scale))
             result += np.float32(rng.uniform(-self.shift, self.shift))
@@ -123,7 +135,8 @@ class IntensityAugmentation:
                 np.clip(result, low, high, out=result)
                 unit = (result - np.float32(low)) / np.float32(high - low)
                 unit **= np.float32(np.exp(rng.uniform(-self.gamma, self.gamma)))
-                result = unit * np.float32(high - low) + np.float32(low)
+                np.multiply(unit, np.float32(high - low), out=result)
+                result += np.float32(low)
             if self.noise_std is not None:
                 result += self.noise_std * rng.standard_normal(result.shape, dtype=np.float32)
         if self.clamp is not None:
