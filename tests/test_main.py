@@ -2,19 +2,20 @@
 
 import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-pytest.importorskip("dataset", reason="dataset.py (the Dataset main.py trains on) has not landed yet")
-
-import main  # noqa: E402
-from main import PRESETS, Parameters, check, parser, resolve  # noqa: E402
-from network import heatmap_factor  # noqa: E402
-from utils.io.landmarks import read_landmarks_csv  # noqa: E402
-from utils.training.loop import make_optimizer  # noqa: E402
-from utils.training.output import config_from_dict, config_to_dict  # noqa: E402
+import main
+from main import PRESETS, Parameters, check, parser, resolve
+from network import heatmap_factor
+from utils.io.landmarks import read_landmarks_csv
+from utils.training.loop import make_optimizer
+from utils.training.output import config_from_dict, config_to_dict
 
 
 def test_unknown_or_mistyped_option_is_an_error(capsys):
@@ -143,3 +144,13 @@ def test_end_to_end_run_writes_every_output(tmp_path, capsys):
     summary = main.main(["--resume", str(run), "--max-iter", "6"])
     assert "resumed from" in capsys.readouterr().out
     assert (run / "checkpoints" / "ckpt_00000006.npz").is_file() and (run / "iter_6" / "stats.json").is_file()
+
+
+def test_spawned_loader_workers_import_main_without_keras():
+    """A spawned worker runs main.py as "__mp_main__" (runpy, as multiprocessing does): no Keras there."""
+    code = ("import runpy, sys; runpy.run_path('main.py', run_name='__mp_main__'); "
+            "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'network') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(main.__file__).parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
