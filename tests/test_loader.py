@@ -9,6 +9,7 @@ import pytest
 
 from utils.data.cache import LRUCache
 from utils.data.loader import BatchLoader, SampleError, collate, epoch_permutation, sample_rng
+from utils.landmarks.heatmaps import gaussian_heatmaps
 
 NUM_SAMPLES = 7
 BATCH_SIZE = 3
@@ -38,6 +39,61 @@ class InPlaceSample(TinySample):
         out["index"][...] = sample["index"]
         out["image"][...] = sample["image"]
         return {"index": out["index"], "image": out["image"], "id": sample["id"]}
+
+
+class HeatmapSample:
+    """Picklable sample maker: Gaussian heatmaps of 3 landmarks (some missing or outside), rendered fresh."""
+
+    shape = (20, 24)
+    landmarks = 3
+
+    def points(self, index: int, rng: np.random.Generator | None) -> np.ndarray:
+        if rng is None:  # deterministic: along the diagonal, the last landmark missing for odd indices
+            points = np.stack([np.arange(1, 4) * 5.0 + index] * 2, axis=1)
+            points[2] = np.nan if index % 2 else points[2]
+            return points
+        points = rng.uniform(-3.0, 26.0, size=(self.landmarks, 2))
+        points[rng.random(self.landmarks) < 0.2] = np.nan
+        return points
+
+    def __call__(self, index: int, rng: np.random.Generator | None) -> dict:
+        heatmaps = gaussian_heatmaps(self.points(index, rng), self.shape, 0.8)
+        return {"index": np.array(index), "heatmaps": heatmaps}
+
+
+class WindowedHeatmapSample(HeatmapSample):
+    """The same samples, rendered into the batch buffer, clearing only the boxes recorded there last time.
+
+    It relies on the loader's invariant: its arrays hold what it wrote for the previous batch of the same
+    layout, or are all zero. The windows come first in the spec: the heatmaps' offset changes with the batch
+    size.
+    """
+
+    def array_spec(self) -> dict:
+        return {
+            "windows": ((self.landmarks, 2, 2), np.int32),
+            "index": ((), np.int64),
+            "heatmaps": ((*self.shape, self.landmarks), np.float32),
+        }
+
+    def __call__(self, index: int, rng: np.random.Generator | None, out: dict | None = None) -> dict:
+        points = self.points(index, rng)
+        gaussian_heatmaps(points, self.shape, 0.8, out=out["heatmaps"], windows=out["windows"])
+        out["index"][...] = index
+        return {"index": out["index"], "heatmaps": out["heatmaps"]}
+
+
+class WitnessSample:
+    """Picklable sample maker that reports what its buffer held before it wrote: the loader's invariant says
+    the values of the previous batch of the same layout in that buffer, or zeros. It never writes zeros."""
+
+    def array_spec(self) -> dict:
+        return {"value": ((5,), np.int64)}
+
+    def __call__(self, index: int, rng: np.random.Generator | None, out: dict | None = None) -> dict:
+        found = out["value"].copy()
+        out["value"][...] = 10 * index + np.arange(1, 6) + (0 if rng is None else rng.integers(1, 1000))
+        return {"value": out["value"], "found": found}
 
 
 def take(iterator, count):
@@ -188,9 +244,64 @@ def test_batches_without_copy_are_views_valid_until_the_next_request(workers):
         if workers:  # views of the shared-memory slots, not copies
             assert not any(image.flags.owndata for image in images)
         else:  # one buffer, reused for every batch
-            assert all(image is images[0] for image in images)
+            assert all(image.base is images[0].base for image in images)
+        assert not any(image.flags.writeable for image in images)  # the maker may rely on what it left there
+        with pytest.raises(ValueError, match="read-only"):
+            images[-1][...] = 0.0
         stream.close()
         resumed = take(loader.train_batches(6), 2)  # slots handed back by the closed stream are reused
     assert_same_batches(received, expected)
     reference = BatchLoader(TinySample(), NUM_SAMPLES, BATCH_SIZE, seed=4)
     assert_same_batches(resumed, take(reference.train_batches(6), 2))
+
+
+def copied(batch: dict) -> dict:
+    return {key: value.copy() if isinstance(value, np.ndarray) else value for key, value in batch.items()}
+
+
+def heatmap_batches(loader: BatchLoader) -> list[dict]:
+    """Training batches (kept views, then copies) around ordered passes whose last batch is smaller, so that
+    slots serve several layouts one after another."""
+    train = loader.train_batches(copy=False)
+    batches = [copied(next(train)) for _ in range(4)]
+    batches += list(loader.ordered_batches())  # 3, 3, 1
+    batches += [copied(next(train)) for _ in range(3)]
+    batches += list(loader.ordered_batches(batch_size=2))  # 2, 2, 2, 1
+    batches += take(loader.train_batches(start_batch=7), 3)
+    return batches
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_makers_relying_on_their_earlier_writes_give_the_batches_made_fresh(workers):
+    expected = heatmap_batches(BatchLoader(HeatmapSample(), NUM_SAMPLES, BATCH_SIZE, seed=6))
+    with BatchLoader(WindowedHeatmapSample(), NUM_SAMPLES, BATCH_SIZE, seed=6, num_workers=workers) as loader:
+        batches = heatmap_batches(loader)
+    assert [len(b["index"]) for b in batches] == [3] * 4 + [3, 3, 1] + [3] * 3 + [2, 2, 2, 1] + [3] * 3
+    assert all(b["heatmaps"].any() for b in batches)
+    assert_same_batches(batches, expected)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_reused_buffer_holds_the_last_batch_of_its_layout_or_zeros(workers):
+    # With workers, prefetch_batches=1 and copies: a single slot, filled by either worker, serves every batch.
+    # In-process, training without copies reuses one buffer.
+    loader = BatchLoader(WitnessSample(), NUM_SAMPLES, BATCH_SIZE, num_workers=workers, prefetch_batches=1)
+    with loader:
+        train = loader.train_batches(copy=workers > 0)
+        batches = [copied(next(train)) for _ in range(3)]
+        ordered = [copied(batch) for batch in loader.ordered_batches()]  # 3, 3, then 1: another layout
+        batches += [copied(next(train)) for _ in range(2)]
+        assert len(loader._slots) == (0 if workers == 0 else 1)
+    zeros = np.zeros((BATCH_SIZE, 5), np.int64)
+    np.testing.assert_array_equal(batches[0]["found"], zeros)
+    for previous, batch in zip(batches[:2], batches[1:3], strict=True):
+        np.testing.assert_array_equal(batch["found"], previous["value"])
+    if workers:  # the slot went through the ordered pass: 3, 3, then 1 (zeroed), then 3 again (zeroed)
+        np.testing.assert_array_equal(ordered[0]["found"], batches[2]["value"])
+        np.testing.assert_array_equal(ordered[1]["found"], ordered[0]["value"])
+        np.testing.assert_array_equal(ordered[2]["found"], np.zeros((1, 5), np.int64))
+        np.testing.assert_array_equal(batches[3]["found"], zeros)
+    else:  # the ordered pass copies, so it gets fresh zeroed buffers; training keeps its own
+        assert not any(batch["found"].any() for batch in ordered)
+        np.testing.assert_array_equal(batches[3]["found"], batches[2]["value"])
+    np.testing.assert_array_equal(batches[4]["found"], batches[3]["value"])

@@ -19,8 +19,18 @@ Workers are started with the "spawn" (default) or "forkserver" method, never "fo
 already be loaded in the parent. Each worker holds its own copy of the sample maker, and with it its own
 image cache. Arrays of a finished batch travel back through `multiprocessing.shared_memory` (the default
 "shared_memory" transport) or inside the pickled message ("pickle" transport).
+
+Reused batch buffers (the in-process buffer of ``copy=False`` and the shared-memory slots) keep their content
+from batch to batch. Invariant: the arrays a sample maker with an `array_spec` gets as `out` hold what the
+previous batch in that buffer left there when that batch had the same layout (array shapes, dtypes and
+offsets), and are all zero otherwise: a fresh buffer is zero-filled, and a slot that served another layout
+(e.g. the smaller last batch of an ordered pass) is zeroed before use. So a maker may keep bookkeeping about
+its own earlier writes in its arrays and rely on it: e.g. ``gaussian_heatmaps(..., out=heatmaps,
+windows=boxes)`` clears only the boxes recorded in `boxes` instead of zeroing ~10 MB of heatmaps per sample.
+This needs that nobody else writes into the buffers, which is why ``copy=False`` batches are read-only views.
 """
 
+import hashlib
 import itertools
 import multiprocessing
 import pickle
@@ -42,6 +52,8 @@ SampleMaker = Callable[[int, np.random.Generator | None], dict[str, Any]]
 _TRANSPORTS = ("shared_memory", "pickle")
 _START_METHODS = ("spawn", "forkserver")
 _ALIGN = 64  # byte alignment of each array inside a shared-memory block
+_HEADER = _ALIGN  # bytes at the start of a block holding the fingerprint of the layout its arrays hold
+_MAGIC = b"lmlayout"  # first bytes of every fingerprint, so that a zero-filled header never matches one
 
 
 class SampleError(RuntimeError):
@@ -183,19 +195,43 @@ def _made_in_place(
 # it does not fit) and sends only the layout; the parent copies the arrays out and puts the slot back into
 # the pool. Workers and parent keep their mappings open, because mapping and first-touching fresh shared
 # memory costs far more than the copy itself.
+#
+# A block starts with a header (_HEADER bytes) holding the fingerprint of the layout written after it. The
+# worker that packs a batch zeroes the block's arrays when the header names another layout (or none), which
+# keeps the module's invariant whichever worker gets the slot next and whatever layout it had before.
 
 
 def _layout(
     spec: dict[str, tuple[tuple[int, ...], np.dtype]], batch_size: int
 ) -> tuple[list[tuple[str, tuple[int, ...], str, int]], int]:
-    """Byte layout of a batch's arrays in one block: [(key, batch shape, dtype, offset)], total bytes."""
+    """Byte layout of a batch's arrays in one block, after its header: [(key, batch shape, dtype, offset)],
+    total bytes."""
     layout = []
-    offset = 0
+    offset = _HEADER
     for key, (shape, dtype) in spec.items():
         offset = -(-offset // _ALIGN) * _ALIGN
         layout.append((key, (batch_size, *shape), dtype.str, offset))
         offset += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize * batch_size
-    return layout, max(offset, 1)
+    return layout, offset
+
+
+def _fingerprint(layout: list[tuple[str, tuple[int, ...], str, int]]) -> bytes:
+    """Header bytes naming a layout: a fixed non-zero prefix, then a hash of keys, shapes, dtypes, offsets."""
+    return _MAGIC + hashlib.blake2b(repr(layout).encode(), digest_size=_HEADER - len(_MAGIC)).digest()
+
+
+def _claim(block: SharedMemory, layout: list[tuple[str, tuple[int, ...], str, int]], needed: int) -> None:
+    """Zeroes the block's arrays unless its header says they hold `layout` from an earlier batch.
+
+    The header is invalidated before zeroing and written after, so an interrupted call leaves either the old
+    content under its own header or a header that matches no layout.
+    """
+    header = _fingerprint(layout)
+    if bytes(block.buf[:_HEADER]) == header:
+        return
+    block.buf[:_HEADER] = bytes(_HEADER)
+    np.ndarray(needed - _HEADER, np.uint8, buffer=block.buf, offset=_HEADER).fill(0)
+    block.buf[:_HEADER] = header
 
 
 def _spec_of(samples: list[dict[str, Any]]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -214,6 +250,18 @@ def _views(block: SharedMemory, layout: list[tuple[str, tuple[int, ...], str, in
         key: np.ndarray(shape, dtype=dtype, buffer=block.buf, offset=start)
         for key, shape, dtype, start in layout
     }
+
+
+def _read_only(batch: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The batch with read-only views of its buffer arrays, so a consumer cannot spoil what a reused buffer
+    carries over to the next batch."""
+    views = {}
+    for key, value in batch.items():
+        if key in arrays:
+            value = value.view()
+            value.flags.writeable = False
+        views[key] = value
+    return views
 
 
 def _close_block(block: SharedMemory) -> None:
@@ -265,6 +313,7 @@ def _pack(
     samples = None if spec is not None else _make_samples(make_sample, items, seed, randomize)
     layout, needed = _layout(spec if spec is not None else _spec_of(samples), len(items))
     block = slots.block(name, size, needed, num_slots)
+    _claim(block, layout, needed)
     views = _views(block, layout)
     if samples is None:
         batch = _made_in_place(make_sample, items, seed, randomize, views)
@@ -376,9 +425,12 @@ class BatchLoader:
 
         Args:
             start_batch: Number of batches already consumed (to resume a run exactly).
-            copy: If False, a batch's arrays are views of the loader's buffer (its shared-memory slot, or one
-                reused in-process buffer), valid only until the next batch is requested: a training step that
-                consumes each batch before asking for the next saves copying ~10 MB per hand sample.
+            copy: If False, a batch's arrays are read-only views of the loader's buffer (its shared-memory
+                slot, or one reused in-process buffer), valid only until the next batch is requested: a
+                training step that consumes each batch before asking for the next saves copying ~10 MB per
+                hand sample. They are read-only because the buffer is reused: the sample maker may rely on
+                what it left there for the next batch of the same layout (see the module docstring), so a
+                consumer must not write into them (copy them first).
 
         Yields:
             Batches from `collate`: arrays (batch_size, ...), other values as lists.
@@ -474,8 +526,9 @@ class BatchLoader:
                     continue
                 shapes = {key: ((len(items), *shape), dtype) for key, (shape, dtype) in spec.items()}
                 if copy or any(reused.get(k, np.empty(0)).shape != shape for k, (shape, _) in shapes.items()):
-                    reused = {key: np.empty(shape, dtype) for key, (shape, dtype) in shapes.items()}
-                yield _made_in_place(self.make_sample, items, self.seed, randomize, reused)
+                    reused = {key: np.zeros(shape, dtype) for key, (shape, dtype) in shapes.items()}
+                batch = _made_in_place(self.make_sample, items, self.seed, randomize, reused)
+                yield batch if copy else _read_only(batch, reused)
             return
         self._start()
         stream = next(self._stream_ids)
@@ -545,7 +598,8 @@ class BatchLoader:
         if copy:
             arrays = {key: view.copy() for key, view in arrays.items()}
             self._free_slots.append(slot)
-        return {key: arrays[key] if key in arrays else others[key] for key in keys}
+        batch = {key: arrays[key] if key in arrays else others[key] for key in keys}
+        return batch if copy else _read_only(batch, arrays)
 
     def _wait_for(self, key: tuple[int, int]) -> tuple[str, Any, int | None]:
         while key not in self._ready:
