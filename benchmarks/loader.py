@@ -104,7 +104,8 @@ def stage_times(dataset: Dataset, repeats: int) -> list[dict[str, Any]]:
         "intensity": lambda: generator.intensity(image, next(rngs), out=image),
         "map landmarks": lambda: transforms[next(draws)].input_to_output(landmarks),
         "heatmaps": lambda: gaussian_heatmaps(points[next(draws)], generator.heatmap_geometry.shape,
-                                              generator.sigma, out=buffers["heatmaps"]),
+                                              generator.sigma, out=buffers["heatmaps"],
+                                              windows=buffers["heatmap_windows"]),
         "whole sample": lambda: generator(source, landmarks, next(rngs), buffers),
     }
     rows = [{"stage": name, "ms": 1e3 * time_calls(call, warmup=1, repeats=repeats).median}

@@ -86,6 +86,24 @@ def test_same_batches_with_0_and_2_workers(tmp_path):
         np.testing.assert_array_equal(resumed["image"], expected[2]["image"])
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_reused_buffers_give_the_same_batches_as_fresh_ones(tmp_path, dim):
+    """Buffers reused across batches (copy=False: heatmaps cleared only in the previous samples' boxes, in
+    the parent and in shared-memory slots that move between workers) hold exactly the fresh samples."""
+    write_tiny_dataset(tmp_path, dim)
+    size = (32, 32) if dim == 2 else (24, 24, 24)  # larger than a heatmap window (13 voxels at sigma 1)
+    options = dict(seed=3, image_size=size, heatmap_size=size, sigma=1.0)
+    fresh = make(tmp_path, dim, **options).train_dataset(copy=True)
+    expected = [next(fresh) for _ in range(8)]
+    assert all(0.0 < np.mean(b["heatmaps"] > 0) < 0.5 for b in expected)
+    for workers in (0, 2):
+        with make(tmp_path, dim, workers=workers, **options) as dataset:
+            for want, got in zip(expected, dataset.train_dataset(copy=False), strict=False):
+                assert sorted(got) == ["heatmaps", "image", "mask"]
+                for key in want:
+                    np.testing.assert_array_equal(got[key], want[key], err_msg=f"{key}, {workers} workers")
+
+
 def test_errors_name_the_file_or_id(tmp_path):
     write_tiny_dataset(tmp_path, 2)
     with pytest.raises(ValueError, match=r"all\.csv.*case0.*expected 14 values"):
