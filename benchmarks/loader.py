@@ -145,7 +145,9 @@ def throughput(folder: Path, config: tuple, workers: int, batches: int) -> dict[
     """Samples per second received from the training stream, after the workers' warm-up."""
     with make_dataset(folder, config, workers) as dataset:
         stream = dataset.train_dataset(copy=False)  # as main.py consumes it
-        for _ in range(max(2, workers)):  # start the workers, fill their caches, compile
+        # start the workers, fill their image caches, compile, and create (first-touch) every shared-memory
+        # slot (2 per worker in flight): a fresh slot costs tens of ms, once per run
+        for _ in range(2 + 3 * max(1, workers)):
             next(stream)
         start = time.perf_counter()
         for _ in range(batches):
