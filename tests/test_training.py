@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import time
 from dataclasses import dataclass, field
 
 import keras
@@ -247,7 +248,8 @@ def test_tests_progress_and_history(tmp_path):
     schedule = Schedule(max_iter=5, test_iter=2, snapshot_iter=10, test_at_start=True, report_every_s=0.0)
     train(compiled(), fake_batches(), run, schedule, evaluate=evaluate, log=lines.append)
     assert tested == [0, 2, 4, 5]
-    assert any(line.startswith("iter       5/5  loss ") and "it/s  ETA 0s" in line for line in lines)
+    last = [line for line in lines if line.startswith("iter       5/5  loss ")]
+    assert len(last) == 1 and "it/s  data wait " in last[0] and last[0].endswith("%  ETA 0s")
     saved = json.loads(run.history.read_text())
     assert [row["iteration"] for row in saved["train"]] == [1, 2, 3, 4, 5]
     assert saved["test"][1] == {"iteration": 2, "pe_mean": 1 / 3}
@@ -256,6 +258,26 @@ def test_tests_progress_and_history(tmp_path):
     assert (run.root / "training_curves.png").is_file()
     if importlib.util.find_spec("tensorflow") is not None:
         assert any(path.name.startswith("events.out.tfevents") for path in run.logs.iterdir())
+
+
+def test_data_wait_is_the_share_of_time_spent_waiting_for_batches(tmp_path):
+    """A loader that takes 0.1 s per batch dominates a tiny model's steps; a ready one does not."""
+
+    def slow(start):
+        for batch in fake_batches()(start):
+            time.sleep(0.1)
+            yield batch
+
+    waits = {}
+    for name, batches in (("slow", slow), ("ready", fake_batches())):
+        model = compiled()
+        warm = next(fake_batches()(0))  # compile outside the measured windows
+        model.train_on_batch([warm["image"], warm["mask"]], warm["heatmaps"])
+        schedule = Schedule(max_iter=6, test_iter=100, snapshot_iter=100, report_every_s=0.25)
+        history = train(model, batches, new_run(tmp_path, name), schedule, log=lambda _: None)
+        waits[name] = [row["data_wait"] for row in history.train]
+    assert min(waits["slow"]) > 0.6
+    assert max(waits["ready"]) < 0.5
 
 
 def test_make_optimizer_rejects_bad_values():

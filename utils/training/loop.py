@@ -192,12 +192,14 @@ def train(
     if start == 0 and schedule.test_at_start and evaluate is not None:
         history.add_test(0, evaluate(0))
     iterator = batches(start)
-    window_start, window_losses = time.perf_counter(), []
+    window_start, window_losses, window_wait = time.perf_counter(), [], 0.0
     run_start, run_first = window_start, start
     completed = start  # the last iteration whose update has finished
     try:
         for iteration in range(start + 1, schedule.max_iter + 1):
+            asked = time.perf_counter()
             batch = next(iterator)
+            window_wait += time.perf_counter() - asked  # the loader fell behind the training step
             logs = model.train_on_batch([batch["image"], batch["mask"]], batch["heatmaps"], return_dict=True)
             loss = float(logs["loss"])
             if not math.isfinite(loss):
@@ -214,12 +216,13 @@ def train(
                 speed = (iteration - run_first) / max(now - run_start, 1e-9)
                 eta = (schedule.max_iter - iteration) / max(speed, 1e-9)
                 mean_loss = float(np.mean(window_losses))
+                data_wait = window_wait / max(now - window_start, 1e-9)
                 log(
                     f"iter {iteration:>7d}/{schedule.max_iter}  loss {mean_loss:.4g}  "
-                    f"{speed:.2f} it/s  ETA {_duration(eta)}"
+                    f"{speed:.2f} it/s  data wait {100 * data_wait:.0f}%  ETA {_duration(eta)}"
                 )
-                history.add_train(iteration, mean_loss, speed)
-                window_start, window_losses = now, []
+                history.add_train(iteration, mean_loss, speed, data_wait)
+                window_start, window_losses, window_wait = now, [], 0.0
             if iteration % schedule.snapshot_iter == 0 or iteration == schedule.max_iter:
                 last_good = save_checkpoint(run.checkpoints, model, iteration, state)
                 history.save()
