@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from utils.landmarks.decode import decode_heatmaps
+from utils.landmarks.decode import _channel_argmax, decode_heatmaps
 from utils.landmarks.heatmaps import gaussian_heatmaps
 
 
@@ -98,6 +98,23 @@ def test_channels_are_decoded_independently():
         single, _ = decode_heatmaps(heatmaps[..., n : n + 1])
         np.testing.assert_array_equal(decoded[n], single[0])
     np.testing.assert_allclose(decoded[:2], points[:2], atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_compiled_argmax_is_numpys_with_ties_first(dtype):
+    """Many ties (small integers): the first maximum in C order wins, as with np.argmax."""
+    flat = np.random.default_rng(2).integers(0, 4, size=(210, 9)).astype(dtype)
+    np.testing.assert_array_equal(_channel_argmax(flat), np.argmax(flat, axis=0))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int16, np.float32])
+def test_any_dtype_decodes(dtype):
+    """float16 (mixed-precision outputs) and integers are decoded like float32."""
+    points = np.array([[10.3, 5.8], [3.0, 12.6]])
+    heatmaps = gaussian_heatmaps(points, (16, 20), 2.0) * 1000
+    decoded, values = decode_heatmaps(heatmaps.astype(dtype))
+    np.testing.assert_allclose(decoded, points, atol=0.05)
+    np.testing.assert_allclose(values, heatmaps.reshape(-1, 2).max(axis=0), rtol=2e-3)
 
 
 def test_no_channels():
