@@ -94,12 +94,11 @@ def gaussian_heatmaps(
     else:
         heatmaps = out
         (_clear_boxes_2d if dim == 2 else _clear_boxes_3d)(heatmaps, windows)
+        windows.fill(0)  # all of out is zero now; the boxes drawn below are recorded before drawing
     with np.errstate(invalid="ignore"):
         inside = np.all((points >= -0.5) & (points <= sizes - 0.5), axis=1)
     channels = np.flatnonzero(inside)
     if channels.size == 0:
-        if windows is not None:
-            windows.fill(0)
         return heatmaps
     centers = points[channels]
     sigmas = sigmas[channels]
@@ -124,7 +123,6 @@ def gaussian_heatmaps(
         factors[0] *= ((2.0 * np.pi * sigmas**2) ** (-dim / 2)).astype(np.float32)[:, None]
     starts = np.stack([index[:, 0] for index in indices], axis=1)  # (M, dim) window origins, (x, y[, z])
     if windows is not None:  # recorded before drawing: an interrupted call leaves no value outside the record
-        windows.fill(0)
         windows[channels, :, 0] = starts
         windows[channels, :, 1] = starts + np.array([index.shape[1] for index in indices])
     if dim == 2:
