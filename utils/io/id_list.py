@@ -1,4 +1,7 @@
-"""Id list files: one image id per line; blank lines and `#` comments are ignored."""
+"""Id list files: one image id per line; blank lines and `#` comments are ignored.
+
+Errors follow the rule of `utils.io.errors`: a missing file raises FileNotFoundError, a bad one `DataError`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,45 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from utils.io.atomic import write_text_atomic
+from utils.io.errors import DataError, is_utf8, raise_or_collect, read_text_file
 
-__all__ = ["read_id_list", "write_id_list"]
+__all__ = ["read_id_list", "read_id_list_lines", "write_id_list"]
+
+
+def read_id_list_lines(path: str | os.PathLike, errors: list[DataError] | None = None) -> dict[str, int]:
+    """Reads the ids listed in `path` with the line each is on, in file order.
+
+    Args:
+        path: the id list.
+        errors: if given, problems are appended here instead of raised; a line that is not UTF-8 and the
+            repetition of an id are skipped.
+
+    Returns:
+        id -> its 1-based line number, in file order.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataError: the file is unreadable, a line is not UTF-8 text, an id is listed twice, or the file
+            lists no id.
+    """
+    path = Path(path)
+    ids: dict[str, int] = {}
+    for number, line in enumerate(read_text_file(path, "id list").split("\n"), start=1):
+        image_id = line.split("#", 1)[0].strip()
+        if not image_id:
+            continue
+        if not is_utf8(image_id):
+            raise_or_collect(DataError(f"id list {path}, line {number} is not UTF-8 text", path=path,
+                                       line=number), errors)
+        elif image_id in ids:
+            message = f"id list {path} lists id {image_id!r} twice (lines {ids[image_id]} and {number})"
+            raise_or_collect(DataError(message, path=path, line=number, image_id=image_id), errors)
+        else:
+            ids[image_id] = number
+    if not ids:
+        message = f"id list {path} is empty (no ids after removing blank lines and # comments)"
+        raise_or_collect(DataError(message, path=path), errors)
+    return ids
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
@@ -16,21 +56,10 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file lists no id, or lists an id twice.
+        DataError: the file is unreadable, a line is not UTF-8 text, the file lists no id, or lists an id
+            twice.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"id list not found: {path}")
-    ids: list[str] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        image_id = line.split("#", 1)[0].strip()
-        if image_id:
-            if image_id in ids:
-                raise ValueError(f"id list {path} lists id {image_id!r} twice")
-            ids.append(image_id)
-    if not ids:
-        raise ValueError(f"id list {path} is empty (no ids after removing blank lines and # comments)")
-    return ids
+    return list(read_id_list_lines(path))
 
 
 def write_id_list(path: str | os.PathLike, ids: Iterable[str]) -> None:
