@@ -1,22 +1,133 @@
-"""Reading and writing images with SimpleITK, keeping their physical geometry (origin, spacing, direction)."""
+"""Reading and writing images with SimpleITK, keeping their physical geometry (origin, spacing, direction).
+
+Errors follow the rule of `utils.io.errors`: a missing file raises FileNotFoundError; a file whose header
+cannot be read or is invalid, or whose pixel data cannot be decoded, raises `DataError` naming the file.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from utils.io.atomic import atomic_path
+from utils.io.errors import DataError, missing_file
 
-__all__ = ["read_image", "write_image"]
+__all__ = ["ImageHeader", "read_image", "read_image_header", "write_image"]
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, as `read_image` would give the image (see there for the squeeze).
+
+    Attributes:
+        size: pixels per axis, order (x, y[, z]).
+        spacing: physical distance between pixel centres per axis, order (x, y[, z]).
+        origin: physical point of the centre of pixel index 0, order (x, y[, z]).
+        direction: row-major (dim x dim) direction matrix, SimpleITK's `GetDirection()` order.
+        pixel_type: SimpleITK's name of the pixel type, e.g. "8-bit unsigned integer".
+        components: values per pixel (1 for a grey-value image).
+    """
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    pixel_type: str
+    components: int
+
+    @property
+    def dim(self) -> int:
+        """The number of axes."""
+        return len(self.size)
+
+
+def _reason(error: RuntimeError) -> str:
+    """SimpleITK's explanation in an exception, without the source location and object address lines."""
+    lines = [line.strip() for line in str(error).strip().splitlines()[1:] if line.strip()]
+    text = " ".join(lines) or str(error).strip()
+    return re.sub(r"^(ITK ERROR: \w+\(0x[0-9a-fA-F]+\): |sitk::ERROR: )", "", text)
+
+
+def _open(path: Path) -> tuple[sitk.ImageFileReader, ImageHeader]:
+    """Reads the header of `path`; returns the reader (ready to decode the pixels) and the checked header."""
+    if not path.is_file():
+        raise missing_file(path, "image file")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        size, spacing, origin = reader.GetSize(), reader.GetSpacing(), reader.GetOrigin()
+        direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(len(size), len(size))
+        pixel_type = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+        components = reader.GetNumberOfComponents()
+    except RuntimeError as error:
+        raise DataError(f"cannot read the header of image {path}: {_reason(error)}", path=path) from error
+    if len(size) == 3 and size[2] == 1:
+        size, spacing, origin, direction = size[:2], spacing[:2], origin[:2], direction[:2, :2]
+    header = ImageHeader(tuple(int(s) for s in size), tuple(float(s) for s in spacing),
+                         tuple(float(o) for o in origin), tuple(float(d) for d in direction.ravel()),
+                         pixel_type, int(components))
+    return reader, header
+
+
+def _check_geometry(header: ImageHeader, path: Path, ignore_spacing: bool, dim: int | None) -> None:
+    """Raises DataError when the header's geometry is unusable or its dimension is not `dim`."""
+    problem = None
+    if dim is not None and header.dim != dim:
+        problem = f"is {header.dim}D (size {header.size}), but dim={dim} was configured"
+    elif header.dim == 0 or min(header.size) < 1:
+        problem = f"has no pixels (size {header.size})"
+    elif not ignore_spacing and not all(math.isfinite(s) and s > 0 for s in header.spacing):
+        problem = f"has an invalid spacing {header.spacing} (must be finite and positive)"
+    elif not all(math.isfinite(o) for o in header.origin):
+        problem = f"has an invalid origin {header.origin}"
+    else:
+        matrix = np.asarray(header.direction).reshape(header.dim, header.dim)
+        if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-12:
+            problem = f"has a direction matrix that is not invertible: {header.direction}"
+    if problem:
+        raise DataError(f"image {path} {problem}", path=path)
+
+
+def read_image_header(
+    path: str | os.PathLike, ignore_spacing: bool = False, dim: int | None = None
+) -> ImageHeader:
+    """Reads only the header of an image file (fast: the pixel data is not decoded).
+
+    Args:
+        path: the image file, in any format SimpleITK reads.
+        ignore_spacing: if True, the spacing is reported as 1 on every axis (and not checked).
+        dim: the expected dimension (2 or 3) after the squeeze of `read_image`, or None to accept any.
+
+    Returns:
+        The header, with the geometry `read_image` would give the image.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataError: SimpleITK cannot read the header, the dimension differs from `dim`, or the geometry is
+            unusable (no pixels, a spacing that is not positive, a non-finite origin, a singular direction).
+    """
+    path = Path(path)
+    _, header = _open(path)
+    _check_geometry(header, path, ignore_spacing, dim)
+    if ignore_spacing:
+        header = ImageHeader(header.size, (1.0,) * header.dim, header.origin, header.direction,
+                             header.pixel_type, header.components)
+    return header
 
 
 def read_image(path: str | os.PathLike, ignore_spacing: bool = False, dim: int | None = None) -> sitk.Image:
     """Reads an image in any format SimpleITK reads (.mha, .nii.gz, .nrrd, .png, ...).
 
     A 3D image whose last axis has size 1 (how 2D radiographs are often stored) becomes a 2D image with the
-    origin, spacing and direction of its first two axes.
+    origin, spacing and direction of its first two axes. The header is read and checked first (as by
+    `read_image_header`), so a bad header and bad pixel data are told apart.
 
     Args:
         path: the image file.
@@ -29,22 +140,21 @@ def read_image(path: str | os.PathLike, ignore_spacing: bool = False, dim: int |
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: SimpleITK cannot read the file, or its dimension differs from `dim`.
+        DataError: the header is unreadable or invalid (see `read_image_header`), its dimension differs from
+            `dim`, or the pixel data cannot be decoded (a truncated or corrupt file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+    reader, header = _open(path)
+    _check_geometry(header, path, ignore_spacing, dim)
     try:
-        image = sitk.ReadImage(str(path))
+        image = reader.Execute()
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(f"cannot read image {path}: {first_line}") from error
+        raise DataError(
+            f"cannot decode the pixel data of image {path} (truncated or corrupt file?): {_reason(error)}",
+            path=path,
+        ) from error
     if image.GetDimension() == 3 and image.GetSize()[2] == 1:
         image = _drop_last_axis(image)
-    if dim is not None and image.GetDimension() != dim:
-        raise ValueError(
-            f"image {path} is {image.GetDimension()}D (size {image.GetSize()}), but dim={dim} was configured"
-        )
     if ignore_spacing:
         image.SetSpacing([1.0] * image.GetDimension())
     return image

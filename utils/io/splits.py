@@ -10,14 +10,15 @@ annotation, so users with their own data (or the real hand atlas without its spl
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from utils.io.errors import DataError
 from utils.io.id_list import write_id_list
+from utils.io.landmarks import read_csv_rows
 
 __all__ = ["annotated_image_ids", "cv_splits", "train_test_split", "write_splits"]
 
@@ -59,18 +60,29 @@ def train_test_split(ids: Sequence[str], test_fraction: float, seed: int) -> tup
 
 
 def annotated_image_ids(dataset_dir: str | os.PathLike) -> list[str]:
-    """Ids listed in `DIR/setup/all.csv` that also have an image in `DIR/images/`, in CSV order."""
+    """Ids listed in `DIR/setup/all.csv` that also have an image in `DIR/images/`, in CSV order.
+
+    Raises:
+        FileNotFoundError: `DIR/setup/all.csv` does not exist.
+        DataError: all.csv is unreadable, a row is bad (see `read_csv_rows`), an id appears twice, or no
+            id has an image.
+    """
     dataset_dir = Path(dataset_dir)
     csv_path = dataset_dir / "setup" / "all.csv"
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {csv_path}")
     image_dir = dataset_dir / "images"
-    stems = {path.name.split(".")[0] for path in image_dir.iterdir()} if image_dir.is_dir() else set()
-    with csv_path.open(newline="", encoding="utf-8") as file:
-        ids = [row[0].strip() for row in csv.reader(file) if row and row[0].strip()]
-    present = [i for i in ids if i in stems]
+    files = image_dir.iterdir() if image_dir.is_dir() else ()
+    stems = {path.name.split(".")[0] for path in files if path.is_file()}
+    first_line: dict[str, int] = {}
+    for row in read_csv_rows(csv_path):
+        if row.image_id in first_line:
+            raise DataError(
+                f"{csv_path}, line {row.line}: id {row.image_id!r} appears twice (first on line "
+                f"{first_line[row.image_id]})", path=csv_path, line=row.line, image_id=row.image_id,
+            )
+        first_line[row.image_id] = row.line
+    present = [i for i in first_line if i in stems]
     if not present:
-        raise ValueError(f"no id of {csv_path} has an image in {image_dir}")
+        raise DataError(f"no id of {csv_path} has an image in {image_dir}", path=csv_path)
     return present
 
 
@@ -104,7 +116,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--test-fraction", type=float, default=1 / 3, help="test share of setup/test.txt")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random assignment (default 0)")
     args = parser.parse_args(argv)
-    ids = write_splits(args.dataset_dir, args.folds, args.test_fraction, args.seed)
+    try:
+        ids = write_splits(args.dataset_dir, args.folds, args.test_fraction, args.seed)
+    except (FileNotFoundError, ValueError) as error:  # bad data (DataError) or parameters: no traceback
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     print(
         f"wrote {args.folds}-fold and train/test split files for {len(ids)} ids to {args.dataset_dir}/setup"
     )
