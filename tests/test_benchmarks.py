@@ -100,3 +100,140 @@ def test_loader_quick_writes_results(tmp_path):
         assert [row["workers"] for row in result["throughput"]] == [0, 1]
         assert all(row["samples_per_s"] > 0 for row in result["throughput"])
         assert result["throughput"][1]["worker_peak_rss_mb"] > 0
+
+
+def test_authors_without_their_code_says_why_and_measures_nothing(tmp_path, capsys):
+    from benchmarks import authors
+
+    assert authors.main([]) == {"skipped": authors.skip_reason(None, None)}
+    printed = capsys.readouterr().out
+    assert "not measured" in printed and "--authors-framework" in printed and "--authors-example" in printed
+    assert authors.FRAMEWORK_MARKER in authors.skip_reason(tmp_path, tmp_path)
+    with pytest.raises(authors.AuthorsFrameworkUnavailable, match="not measured"):
+        authors.authors_hand_samples_per_s(tmp_path, tmp_path, tmp_path, num_samples=1)
+
+
+# A stand-in for the authors' checkouts (their code is not in this repository): the same module names and
+# the attributes the driver reads, so that the child process, its imports and the read-back are tested.
+_FAKE_FRAMEWORK = {
+    "datasets/reference_image_transformation_dataset.py": "",
+    "utils/__init__.py": "ORIGIN = 'fake framework'\n",
+    "transformations/intensity/np/normalize.py": (
+        "def robust_min_max(image, consideration_factors):\n    return 0.05, 0.95\n"),
+}
+_FAKE_EXAMPLE = '''
+from pathlib import Path
+
+import numpy as np
+
+import utils
+
+assert getattr(utils, "ORIGIN", None) == "fake framework", utils.__file__
+
+
+def normalize_robust(image, out_range=(-1, 1), consideration_factors=(0.1, 0.1)):
+    return image
+
+
+class ShiftScaleClamp:
+    def __init__(self, random_shift=None, random_scale=None):
+        self.random_shift, self.random_scale = random_shift, random_scale
+
+    def __call__(self, image):
+        return image
+
+
+class Settings:
+    def __init__(self, **settings):
+        vars(self).update(settings)
+
+
+class Drawn:
+    def __init__(self, count):
+        self.count = count
+
+    def GetNumberOfTransforms(self):
+        return self.count
+
+
+class Composite(Settings):
+    def get(self, **kwargs):
+        return Drawn(len(self.transformations) if self.use_deprecated_behaviour else 0)
+
+
+class ImageGenerator(Settings):
+    def get(self, **kwargs):
+        return self.post_processing_np(np.zeros([1, *self.output_size], np.float32))
+
+
+class HeatmapGenerator(Settings):
+    def preprocess_landmarks(self):
+        return None
+
+    def get(self, **kwargs):
+        self.preprocess_landmarks()
+        heatmaps = np.zeros([self.count, *self.output_size], np.float32)
+        heatmaps[0, 0, 0] = 1
+        return heatmaps
+
+
+class Train:
+    def __init__(self, ids, size, count, sigma):
+        chain = [Settings(grid_nodes=[5, 5]), Settings(angle=0.2)]
+        self.reference_transformation = Composite(use_deprecated_behaviour=False, transformations=chain)
+        self.datasources = {"image_datasource": Settings(get=lambda ids: None)}
+        self.data_generators = {
+            "image": ImageGenerator(output_size=size, interpolator="linear", resample_default_pixel_value=0,
+                                    data_format="channels_first", post_processing_np=augment),
+            "landmarks": HeatmapGenerator(output_size=size, count=count, sigma=sigma, normalize_center=True,
+                                          scale_factor=1.0, min_max_transformation_distance=None)}
+        self.iterator = Settings(random=True, id_list=ids)
+
+    def get_next(self):
+        self.datasources["image_datasource"].get(self.iterator.id_list[0])
+        return {"transformations": {"image": self.reference_transformation.get(image=None)},
+                "generators": {key: generator.get() for key, generator in self.data_generators.items()}}
+
+
+def augment(image):
+    return ShiftScaleClamp(random_shift=0.15, random_scale=0.15)(normalize_robust(image))
+
+
+class Dataset:
+    def __init__(self, image_size, heatmap_size, num_landmarks, sigma, base_folder, cv, data_format,
+                 save_debug_images):
+        ids = (Path(base_folder) / "setup" / "cv_reduced" / f"set{cv}" / "train.txt").read_text().split()
+        self.train = Train(ids, heatmap_size, num_landmarks, sigma)
+
+    def dataset_train(self):
+        return self.train
+'''
+
+
+def test_authors_driver_runs_their_code_alone_in_a_child_process(tmp_path):
+    from benchmarks import authors
+
+    framework, example, data = tmp_path / "framework", tmp_path / "hand_xray", tmp_path / "data"
+    for path, text in {**_FAKE_FRAMEWORK, "../hand_xray/dataset.py": _FAKE_EXAMPLE}.items():
+        (framework / path).parent.mkdir(parents=True, exist_ok=True)
+        (framework / path).write_text(text)
+    (data / "images").mkdir(parents=True)
+    (data / "setup").mkdir()
+    for name in ("b", "a", "c"):
+        (data / "images" / f"{name}.mha").write_bytes(b"")
+    (data / "setup" / "all.csv").write_text("a,1,2\nb,3,4\n")  # c has no landmarks: left out
+
+    result = authors.authors_hand_samples_per_s(framework, example, data, num_samples=3, repeats=2,
+                                                stage_samples=2)
+    assert result["images"] == ["a", "b"] and result["settings"]["iterator"]["ids"] == ["a", "b"]
+    assert len(result["runs"]) == 2 and result["samples_per_s"] > 0 and result["ms_per_sample"] > 0
+    assert result["composite_fix"] is not None  # the identity composite was noticed and fixed
+    assert result["threads"]["sitk_global_default_threads"] == 1
+    assert result["threads"]["environment"]["OMP_NUM_THREADS"] == "1"
+    intensity = result["settings"]["intensity"]
+    assert intensity["shift_scale_clamp"]["random_shift"] == 0.15
+    assert intensity["normalize_robust_percentiles"] == [5.0, 95.0]
+    assert result["targets"]["heatmaps_shape"] == [37, 256, 256]
+    assert result["targets"]["landmarks_with_nonzero_heatmap_mean"] == 1
+    assert {row["stage"] for row in result["stages"]} >= {"37 dense heatmaps", "draw transform (composite)"}
+    assert "median of 2 passes of 3 samples" in authors.describe(result)
