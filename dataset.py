@@ -1,4 +1,4 @@
-"""Landmark datasets: which files, which transforms, which targets (2D radiographs and 3D volumes).
+"""Landmark datasets: which files, what the data is (a `DataSpec`), the augmentation chains, the loader.
 
 A dataset folder holds::
 
@@ -9,12 +9,12 @@ A dataset folder holds::
 
 Usage::
 
-    hands = Dataset("hand_xray_dataset", image_size=(256, 256), heatmap_size=(256, 256), num_landmarks=37,
-                    sigma=3.0, fold=1, dim=2)                         # the papers' hand setup
-    volumes = Dataset("data/volumes", image_size=(64, 64, 64), heatmap_size=(64, 64, 64), num_landmarks=10,
-                      sigma=2.0, fold=1, dim=3)                       # physical mm, real spacing
-    batch = next(hands.train_dataset())      # {"image", "heatmaps", "mask"}, endless, augmented
-    for sample in hands.validation_dataset():  # each test image once, no randomness
+    hands = Dataset("hand_xray_dataset", spec=HAND_XRAY, image_size=(256, 256), heatmap_size=(256, 256),
+                    num_landmarks=37, fold=1)                        # the papers' hand setup
+    volumes = Dataset("data/volumes", spec=PHYSICAL, image_size=(64, 64, 64), heatmap_size=(64, 64, 64),
+                      num_landmarks=10, fold=1)                      # physical mm, real spacing
+    batch = next(hands.training_batches())   # {"image", "points", "mask", "id"}, endless, augmented
+    for sample in hands.validation_samples():  # each test image once, no randomness
         ...
 """
 
@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from utils.data.cache import LRUCache
-from utils.data.debug import write_debug_images
 from utils.data.loader import BatchLoader
 from utils.data.sample import SampleGenerator, SourceImage, prepare_source, read_geometry
 from utils.io.id_list import read_id_list
@@ -50,7 +49,43 @@ from utils.transforms.spatial import (
     SpatialAugmentation,
 )
 
-__all__ = ["AUGMENTATION_2D", "AUGMENTATION_3D", "Dataset", "ValidationSample"]
+__all__ = ["AUGMENTATION_2D", "AUGMENTATION_3D", "DATA_SPECS", "HAND_XRAY", "PHYSICAL", "DataSpec", "Dataset",
+           "ValidationSample", "spatial_chain"]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the data of a dataset folder is: units of the annotations, trust in the spacing, millimetres.
+
+    Attributes:
+        name: The spec's name (recorded in a run's config.json).
+        landmark_units: What all.csv holds: "pixel" (indices) or "physical" (the image's physical space).
+            Converted ONCE, at load, to physical points.
+        ignore_spacing: Use spacing 1 instead of the files' spacing (untrustworthy spacing).
+        mm_reference: (landmark i, landmark j, distance in mm): millimetres defined by a reference distance
+            in every image; None: physical units are millimetres (from the spacing).
+        intensity_shift: Maximum random intensity shift after robust normalisation to [-1, 1].
+        intensity_scale: Maximum relative random intensity scale change.
+    """
+
+    name: str
+    landmark_units: str
+    ignore_spacing: bool
+    mm_reference: tuple[int, int, float] | None
+    intensity_shift: float = 0.15
+    intensity_scale: float = 0.15
+
+    def __post_init__(self) -> None:
+        if self.landmark_units not in ("pixel", "physical"):
+            raise ValueError(f"DataSpec {self.name!r}: landmark_units must be 'pixel' or 'physical', "
+                             f"got {self.landmark_units!r}")
+
+
+HAND_XRAY = DataSpec("hand_xray", landmark_units="pixel", ignore_spacing=True, mm_reference=(1, 5, 50.0))
+"""Hand radiographs (Digital Hand Atlas): pixel CSV, spacing ignored, landmarks 1 and 5 are 50 mm apart."""
+PHYSICAL = DataSpec("physical", landmark_units="physical", ignore_spacing=False, mm_reference=None)
+"""Generic data with a trustworthy spacing: CSV in the images' physical coordinates (mm), errors in mm."""
+DATA_SPECS = {spec.name: spec for spec in (HAND_XRAY, PHYSICAL)}
 
 # Augmentation strengths (output pixels, radians, relative factors). 2D: the hand radiograph setup of the
 # papers; 3D: milder, for volumes resampled to about 64-128 voxels per axis.
@@ -68,6 +103,19 @@ AUGMENTATION_3D = {
     "deformation_nodes": 4,
     "deformation": 6.0,
 }
+
+
+def spatial_chain(translation: float, rotation: float, scaling: tuple[float, float], deformation_nodes: int,
+                  deformation: float) -> SpatialAugmentation:
+    """The spatial chain: image centre to the origin, fit to the output keeping the aspect ratio, random
+    translation (output pixels), rotation (radians) and scaling (relative isotropic, per-axis), origin to the
+    output centre, then a random B-spline deformation (nodes per axis, output pixels). Validation samples
+    take it without its random parts."""
+    return SpatialAugmentation(
+        [CenterToOrigin(), FitToOutput(keep_aspect=True), RandomTranslate(translation),
+         RandomRotate(rotation), RandomScale(*scaling), OriginToOutputCenter()],
+        deformation=RandomBSplineDeformation(deformation_nodes, deformation),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,27 +141,12 @@ class ValidationSample:
 
 
 class _Samples:
-    """Picklable ``make_sample(index, rng)`` for the loader; each process holds its own image cache.
+    """Picklable ``make_sample(index, rng)`` for the loader; each process holds its own image cache."""
 
-    Debug images (when `debug_folder` is set) are written for the samples of the first epoch and for the
-    validation samples, named ``<id>_epoch<e>`` or ``<id>_validation``.
-    """
-
-    def __init__(
-        self,
-        ids: list[str],
-        paths: list[Path],
-        landmarks: np.ndarray,
-        generator: SampleGenerator,
-        ignore_spacing: bool,
-        dim: int,
-        cache_bytes: int,
-        validation: bool,
-        debug_folder: Path | None,
-    ):
+    def __init__(self, ids: list[str], paths: list[Path], landmarks: np.ndarray, generator: SampleGenerator,
+                 ignore_spacing: bool, cache_bytes: int, validation: bool):
         self.ids, self.paths, self.landmarks, self.generator = ids, paths, landmarks, generator
-        self.ignore_spacing, self.dim, self.cache_bytes = ignore_spacing, dim, cache_bytes
-        self.validation, self.debug_folder = validation, debug_folder
+        self.ignore_spacing, self.cache_bytes, self.validation = ignore_spacing, cache_bytes, validation
         self._cache: LRUCache[SourceImage] | None = None
 
     def __getstate__(self) -> dict:
@@ -122,55 +155,35 @@ class _Samples:
     def _source(self, index: int) -> SourceImage:
         if self._cache is None:
             self._cache = LRUCache(self.cache_bytes, size_of=lambda source: source.nbytes)
+        dim = self.generator.output.dim
         return self._cache.get(index, lambda: prepare_source(
-            read_image(self.paths[index], self.ignore_spacing, self.dim), self.generator.spatial,
+            read_image(self.paths[index], self.ignore_spacing, dim), self.generator.spatial,
             self.generator.output))
 
-    def array_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """Shapes and dtypes of the arrays of one sample (the loader writes them straight into its batch)."""
-        spec = self.generator.array_spec(self.landmarks.shape[1])
-        return {"image": spec["image"]} if self.validation else spec
-
-    def __call__(self, index: int, rng: np.random.Generator | None, out: dict | None = None) -> dict:
-        arrays, transform = self.generator(self._source(index), self.landmarks[index], rng, out)
-        epoch = rng.bit_generator.seed_seq.spawn_key[0] if rng is not None else None
-        if self.debug_folder is not None and (rng is None or epoch == 0):
-            tag = "validation" if rng is None else f"epoch{epoch}"
-            write_debug_images(self.debug_folder, f"{self.ids[index]}_{tag}", arrays["image"],
-                               arrays["heatmaps"], transform.input_to_output(self.landmarks[index]))
+    def __call__(self, index: int, rng: np.random.Generator | None) -> dict:
+        arrays, transform = self.generator(self._source(index), self.landmarks[index], rng)
         if self.validation:
             return {"image": arrays["image"], "transform": transform}
-        return arrays
+        return {**arrays, "id": self.ids[index]}
 
 
 class Dataset:
-    """A landmark dataset folder with its augmentation chain and targets.
+    """A landmark dataset folder: its files and splits, its augmentation chain and its batch loader.
 
     Args:
         base_folder: Dataset folder (layout in the module docstring).
-        image_size: Network input size in pixels, order (x, y[, z]).
+        spec: What the data is (`DataSpec`, or the name of one in `DATA_SPECS`).
+        image_size: Network input size in pixels, order (x, y[, z]); its length is the dimension.
+        heatmap_size: The network's output grid in pixels, order (x, y[, z]): image_size divided by one
+            integer factor (None: image_size). Points are given in this grid's index coordinates.
         num_landmarks: Landmarks per image (hands: 37).
         fold: Cross-validation fold 1, 2 or 3 (int or str), or None / "none" for setup/{train,test}.txt.
-        dim: 2 (radiographs) or 3 (volumes).
-        heatmap_size: Heatmap size in pixels, order (x, y[, z]); image_size divided by one integer factor
-            (None: image_size).
-        sigma: Gaussian sigma of the heatmap targets, heatmap pixels.
         batch_size: Samples per training batch.
-        landmark_units: What all.csv holds: "pixel" (indices) or "physical"; None: "pixel" in 2D,
-            "physical" in 3D. Converted ONCE, at load, to physical points.
-        ignore_spacing: Use spacing 1 instead of the file's; None: True in 2D (hand radiographs), False in 3D.
-        normalization: (landmark i, landmark j, distance in mm) defining millimetres by a reference distance,
-            or None for physical units in mm from the spacing; "auto": (1, 5, 50.0) in 2D, None in 3D.
-        translation, rotation, scaling, deformation_nodes, deformation: Augmentation strengths (see
-            `AUGMENTATION_2D`: output pixels, radians, relative factors, nodes per axis, output pixels);
-            None takes the 2D or 3D preset.
-        intensity_shift: Maximum random intensity shift after robust normalisation to [-1, 1].
-        intensity_scale: Maximum relative random intensity scale change.
+        augmentation: Strengths for `spatial_chain`, replacing those of `AUGMENTATION_2D` / `AUGMENTATION_3D`
+            (output pixels, radians, relative factors, nodes per axis, output pixels).
         seed: Seed of the data order and every augmentation draw.
         workers: Loader processes (0: in the calling process).
         cache_bytes: Memory limit of each process's cache of decoded images, bytes.
-        debug_folder: If set, debug images of the first epoch's and the validation samples are written
-            there (see `save_debug_images`).
 
     Raises:
         FileNotFoundError: A setup file or an image is missing (names the file or id).
@@ -183,55 +196,43 @@ class Dataset:
         self,
         base_folder: str | os.PathLike,
         *,
+        spec: DataSpec | str,
         image_size: Sequence[int],
         num_landmarks: int,
-        fold: int | str | None = 1,
-        dim: int = 2,
         heatmap_size: Sequence[int] | None = None,
-        sigma: float = 3.0,
+        fold: int | str | None = 1,
         batch_size: int = 8,
-        landmark_units: str | None = None,
-        ignore_spacing: bool | None = None,
-        normalization: tuple[int, int, float] | str | None = "auto",
-        translation: float | None = None,
-        rotation: float | None = None,
-        scaling: tuple[float, float] | None = None,
-        deformation_nodes: int | None = None,
-        deformation: float | None = None,
-        intensity_shift: float = 0.15,
-        intensity_scale: float = 0.15,
+        augmentation: dict | None = None,
         seed: int = 0,
         workers: int = 0,
         cache_bytes: int = 1 << 30,
-        debug_folder: str | os.PathLike | None = None,
     ):
         # ---- parameters ----
+        if isinstance(spec, str):
+            if spec not in DATA_SPECS:
+                raise ValueError(f"unknown data spec {spec!r}; known: {', '.join(DATA_SPECS)}")
+            spec = DATA_SPECS[spec]
+        dim = len(image_size)
         if dim not in (2, 3):
-            raise ValueError(f"dim must be 2 or 3, got {dim!r}")
-        if len(image_size) != dim:
-            raise ValueError(f"image_size must have {dim} entries for dim={dim}, got {tuple(image_size)}")
+            raise ValueError(f"image_size must have 2 or 3 entries, got {tuple(image_size)}")
         heatmap_size = tuple(image_size) if heatmap_size is None else tuple(heatmap_size)
         factors = {i // h if h and i % h == 0 else 0 for i, h in zip(image_size, heatmap_size, strict=False)}
         if len(heatmap_size) != dim or len(factors) != 1 or 0 in factors:
             raise ValueError(f"heatmap_size must be image_size {tuple(image_size)} divided by one integer "
                              f"factor, got {heatmap_size}")
-        landmark_units = landmark_units or ("pixel" if dim == 2 else "physical")
-        if landmark_units not in ("pixel", "physical"):
-            raise ValueError(f"landmark_units must be 'pixel' or 'physical', got {landmark_units!r}")
-        preset = AUGMENTATION_2D if dim == 2 else AUGMENTATION_3D
+        strengths = {**(AUGMENTATION_2D if dim == 2 else AUGMENTATION_3D), **(augmentation or {})}
+        unknown = set(strengths) - set(AUGMENTATION_2D)
+        if unknown:
+            raise ValueError(f"unknown augmentation strengths {sorted(unknown)}; "
+                             f"known: {sorted(AUGMENTATION_2D)}")
         self.base_folder = Path(base_folder)
+        self.spec = spec
         self.dim = dim
         self.num_landmarks = num_landmarks
         self.batch_size = batch_size
-        self.landmark_units = landmark_units
-        self.ignore_spacing = dim == 2 if ignore_spacing is None else ignore_spacing
-        if normalization == "auto":
-            normalization = (1, 5, 50.0) if dim == 2 else None
-        self.normalization = normalization
         self.seed = seed
         self.workers = workers
         self.cache_bytes = cache_bytes
-        self.debug_folder = None if debug_folder is None else Path(debug_folder)
 
         # ---- files: ids of the split, image paths, landmarks converted once to physical points ----
         setup = self.base_folder / "setup"
@@ -249,31 +250,24 @@ class Dataset:
                 if image_id not in table:
                     raise ValueError(f"id {image_id!r} of {split / list_name} has no row in {csv_path}")
                 path = self._image_path(image_id, files)
-                geometry = read_geometry(path, self.ignore_spacing)
+                geometry = read_geometry(path, spec.ignore_spacing)
                 if geometry.dim != dim:
-                    raise ValueError(f"image {path} is {geometry.dim}D (size {geometry.size}), but dim={dim}")
+                    raise ValueError(f"image {path} is {geometry.dim}D (size {geometry.size}), but the input "
+                                     f"size {tuple(image_size)} is {dim}D")
                 points = table[image_id]
                 self._geometry[image_id] = geometry
                 self._paths[image_id] = path
-                if landmark_units == "pixel":
+                if spec.landmark_units == "pixel":
                     points = geometry.index_to_physical(points)
                 self._landmarks[image_id] = points
 
-        # ---- transforms: one spatial chain (random parts off for validation), intensity, targets ----
-        def pick(value, key):
-            return preset[key] if value is None else value
-
-        spatial = SpatialAugmentation(
-            [CenterToOrigin(), FitToOutput(keep_aspect=True),
-             RandomTranslate(pick(translation, "translation")), RandomRotate(pick(rotation, "rotation")),
-             RandomScale(*pick(scaling, "scaling")), OriginToOutputCenter()],
-            deformation=RandomBSplineDeformation(pick(deformation_nodes, "deformation_nodes"),
-                                                 pick(deformation, "deformation")),
-        )
-        intensity = IntensityAugmentation(shift=intensity_shift, scale=intensity_scale, clamp=(-1.0, 1.0))
+        # ---- transforms: one spatial chain (random parts off for validation), intensities ----
+        intensity = IntensityAugmentation(shift=spec.intensity_shift, scale=spec.intensity_scale,
+                                          clamp=(-1.0, 1.0))
         self.output_geometry = Geometry.grid(tuple(image_size))
-        self.generator = SampleGenerator(spatial, intensity, self.output_geometry, factors.pop(), sigma)
-        self.heatmap_geometry = self.generator.heatmap_geometry
+        self.heatmap_geometry = self.output_geometry.downsampled(factors.pop())
+        self.generator = SampleGenerator(spatial_chain(**strengths), intensity, self.output_geometry,
+                                         self.heatmap_geometry)
         self._train_loader: BatchLoader | None = None
 
     # ---------------------------------------------------------------- files
@@ -297,44 +291,32 @@ class Dataset:
         return found[0]
 
     def _samples(self, ids: list[str], validation: bool) -> _Samples:
-        return _Samples(
-            ids, [self._paths[i] for i in ids], np.stack([self._landmarks[i] for i in ids]), self.generator,
-            self.ignore_spacing, self.dim, self.cache_bytes, validation, self.debug_folder)
+        return _Samples(ids, [self._paths[i] for i in ids], np.stack([self._landmarks[i] for i in ids]),
+                        self.generator, self.spec.ignore_spacing, self.cache_bytes, validation)
 
     # ---------------------------------------------------------------- public
 
-    def save_debug_images(self, folder: str | os.PathLike) -> None:
-        """Writes debug images into `folder` from now on: each generated input of the first training epoch
-        and of the validation set as .mha and as a PNG with its landmarks, and the heatmaps as a PNG (maximum
-        over landmarks). Call before the first `train_dataset`."""
-        self.debug_folder = Path(folder)
-
-    def train_dataset(self, start_batch: int = 0, copy: bool = True) -> Iterator[dict[str, np.ndarray]]:
+    def training_batches(self, start_batch: int = 0) -> Iterator[dict]:
         """Endless shuffled, augmented training batches, deterministic in (seed, batch number).
 
         Args:
             start_batch: Number of batches already consumed (a resumed run continues identically).
-            copy: If False, the arrays are views of the loader's buffers, valid only until the next batch
-                is requested (a training loop that consumes each batch first saves copying ~10 MB per hand
-                sample); keep them with `.copy()`.
 
         Returns:
-            Iterator of {"image": (B, [z,] y, x, 1), "heatmaps": (B, [z,] y, x, N), "mask": (B, N)}, float32.
+            Iterator of {"image": (B, [z,] y, x, 1) float32, "points": (B, N, dim) float32 heatmap index
+            coordinates (x, y[, z]), "mask": (B, N) float32 (1 = present and inside the heatmap grid),
+            "id": list of B image ids}.
         """
         if self._train_loader is None:
             self._train_loader = BatchLoader(
                 self._samples(self.train_ids, validation=False), len(self.train_ids), self.batch_size,
                 seed=self.seed, num_workers=self.workers)
-        return self._train_loader.train_batches(start_batch, copy)
+        return self._train_loader.train_batches(start_batch)
 
-    def validation_dataset(self) -> list[ValidationSample]:
-        """Each test image once, through the non-random chain (same result every call).
-
-        Returns:
-            `ValidationSample` per test id, in test.txt order.
-        """
+    def validation_samples(self) -> list[ValidationSample]:
+        """Each test image once, through the non-random chain (same result every call), in test.txt order."""
         targets = np.stack([self._landmarks[i] for i in self.test_ids])
-        scales = self._mm_scales(targets)
+        scales = self.mm_scales(targets)
         samples = []
         with BatchLoader(self._samples(self.test_ids, validation=True), len(self.test_ids), 1,
                          seed=self.seed, num_workers=self.workers) as loader:
@@ -344,7 +326,7 @@ class Dataset:
                     self.heatmap_geometry, float(scales[index])))
         return samples
 
-    def mean_shape_baseline(self) -> np.ndarray:
+    def mean_shape(self) -> np.ndarray:
         """Mean landmark positions of the training images in output pixels after the validation chain.
 
         Returns:
@@ -358,11 +340,18 @@ class Dataset:
 
     def to_csv_units(self, image_id: str, points: np.ndarray) -> np.ndarray:
         """Converts (N, dim) physical points of image `image_id` into the units of all.csv."""
-        if self.landmark_units == "physical":
+        if self.spec.landmark_units == "physical":
             return np.asarray(points, dtype=np.float64)
         if image_id not in self._geometry:
             raise ValueError(f"id {image_id!r} is not in this dataset's train or test list")
         return self._geometry[image_id].physical_to_index(points)
+
+    def mm_scales(self, landmarks: np.ndarray) -> np.ndarray:
+        """(M,) millimetres per physical unit of M images with (M, N, dim) landmarks (see `DataSpec`)."""
+        if self.spec.mm_reference is None:
+            return np.ones(len(landmarks))
+        first, second, distance = self.spec.mm_reference
+        return reference_distance_scale(landmarks, (first, second), distance)
 
     def close(self) -> None:
         """Stops the training loader's worker processes."""
@@ -374,10 +363,3 @@ class Dataset:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-    def _mm_scales(self, targets: np.ndarray) -> np.ndarray:
-        if self.normalization is None:
-            return np.ones(len(targets))
-        first, second, distance = self.normalization
-        return reference_distance_scale(targets, (first, second), distance)
-

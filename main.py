@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset import Dataset
+from dataset import DATA_SPECS, Dataset
 from utils.io.atomic import write_json_atomic
 from utils.landmarks.statistics import format_fold_table, landmark_statistics
 from utils.synthetic import generate_hand_dataset, generate_volume_dataset
@@ -43,47 +42,90 @@ from utils.training.output import RunFolder, config_to_dict, read_config
 if __name__ != "__mp_main__":
     import keras
 
-    from network import NETWORKS, build_network, heatmap_factor
+    from network import NETWORKS, build_network
+    from utils.data.debug import write_debug_batch
+    from utils.landmarks.targets import GaussianTargets
     from utils.training.evaluation import Evaluation, evaluate, mean_shape_errors, summarize
-    from utils.training.loop import Schedule, compile_training_model, make_optimizer, train
+    from utils.training.loop import Schedule, train
+    from utils.training.model import HeatmapTrainer, make_optimizer
+
+
+def _field(default, help: str, **cli):
+    """A parameter: its default, its help text (written once, here) and command-line details (metavar...)."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass
 class Parameters:
-    """The experiment parameters (units in the comments). Coordinates and sizes are in (x, y[, z]) order."""
+    """The experiment parameters. Coordinates and sizes are in (x, y[, z]) order; units are in the help."""
 
     # ---- I/O ----
-    dataset: str = "data/synthetic_hand"  # dataset folder; the synthetic hands are generated when it is empty
-    output: str = "output"  # experiment output folder (one subfolder per network and fold)
-    save_debug_images: bool = False  # write a few augmented training images with their targets per run
-    synthetic_images: int = 120  # number of synthetic images generated into an empty dataset folder
+    dataset: str = _field("data/synthetic_hand", "dataset folder (images/, setup/); the default folder gets "
+                          "the synthetic hands when it is empty", metavar="DIR")
+    output: str = _field("output", "experiment output folder (one subfolder per network and fold)",
+                         metavar="DIR")
+    save_debug_images: bool = _field(False, "write the first training batch (inputs as .mha and PNG with "
+                                     "landmarks, targets as PNG) into each run folder's debug/")
+    synthetic_images: int = _field(120, "number of synthetic images generated into an empty dataset folder")
     # ---- data ----
-    dim: int = 2  # spatial dimension: 2 (radiographs) or 3 (volumes)
-    num_landmarks: int = 37  # landmarks per image (hand: 37)
-    cv: str = "1"  # cross-validation fold "1", "2", "3", "all" (folds 1-3) or "none" (setup/{train,test}.txt)
-    image_size: tuple[int, ...] = (128, 128)  # network input size, pixels
-    heatmap_size: tuple[int, ...] | None = None  # heatmap size, pixels; None: image_size / heatmap factor
-    sigma: float = 3.0  # Gaussian sigma of the target heatmaps, heatmap pixels
+    dim: int = _field(2, "spatial dimension: 2 (radiographs) or 3 (volumes)", choices=(2, 3))
+    data_spec: str | None = _field(None, "what the data is: hand_xray (pixel CSV, spacing ignored, mm from "
+                                   "landmarks 1 and 5 = 50 mm) or physical (CSV in mm, real spacing); "
+                                   "None: hand_xray in 2D, physical in 3D", choices=tuple(DATA_SPECS))
+    num_landmarks: int = _field(37, "landmarks per image (hand: 37)")
+    cv: str = _field("1", "cross-validation fold; 'all' runs folds 1-3, 'none' uses setup/{train,test}.txt",
+                     choices=("1", "2", "3", "all", "none"))
+    image_size: tuple[int, ...] = _field((128, 128), "network input size in pixels, W H [D]", metavar="N")
+    # ---- targets ----
+    sigma: float = _field(3.0, "Gaussian sigma of the targets in heatmap pixels (the initial value with "
+                          "--learn-sigma)", metavar="S")
+    learn_sigma: bool = _field(False, "learn one sigma per landmark (MIA 2019), with the regulariser below")
+    anisotropic_sigma: bool = _field(False, "with --learn-sigma: learn per-axis sigmas and a rotation per "
+                                     "landmark instead of one sigma")
+    sigma_regularization: float = _field(1.0, "weight of the sigma regulariser sum(sigma^2) / 2 / batch, "
+                                         "in loss units per heatmap pixel^2", metavar="X")
     # ---- model ----
-    networks: tuple[str, ...] = (
-        "scn",
-    )  # networks to train: scn, unet, downsampling_net, conv_only, scn_unet
-    num_filters: int = 16  # convolution filters per layer (paper: 128)
-    weight_decay: float = 5e-5  # L2 weight decay factor on the kernels (added to the loss)
+    networks: tuple[str, ...] = _field(("scn",), "network(s) to train", metavar="NAME")
+    num_filters: int = _field(16, "convolution filters per layer (paper: 128)")
+    weight_decay: float = _field(5e-5, "L2 weight decay factor on the convolution kernels", metavar="X")
     # ---- optimiser ----
-    optimizer: str = "adam"  # "sgd" (Nesterov momentum, as in the paper) or "adam"
-    learning_rate: float = 3e-4  # step size (paper SGD: 1e-7, for the sum-of-squares loss)
-    momentum: float = 0.99  # SGD momentum (ignored by Adam)
-    batch_size: int = 8  # images per iteration
-    max_iter: int = 1000  # training iterations (batches)
-    test_iter: int = 250  # test on the validation images every this many iterations
-    snapshot_iter: int = 500  # save a checkpoint every this many iterations
-    test_at_start: bool = False  # also test before the first iteration
+    optimizer: str = _field("adam", "sgd (Nesterov momentum, as in the paper) or adam",
+                            choices=("sgd", "adam"))
+    learning_rate: float = _field(3e-4, "step size (paper SGD: 1e-7, for the loss sum of squares / 2 / "
+                                  "batch)", metavar="LR")
+    momentum: float = _field(0.99, "SGD momentum (ignored by Adam)", metavar="X")
+    batch_size: int = _field(8, "images per iteration")
+    max_iter: int = _field(1000, "training iterations (batches)")
+    test_iter: int = _field(250, "test on the validation images every N iterations")
+    snapshot_iter: int = _field(500, "save a checkpoint every N iterations")
+    test_at_start: bool = _field(False, "also test before the first training iteration")
     # ---- system ----
-    seed: int = 0  # seed of weights, augmentation and data order
-    workers: int = 0  # data-loading processes (0: load in the main process)
-    cache_mb: int = 1024  # decoded images kept in memory per loading process, MiB (least recently used out)
-    precision: str = "float32"  # dtype policy: float32, mixed_float16 (GPUs), mixed_bfloat16 (CPUs/TPUs)
+    seed: int = _field(0, "random seed of weights, augmentation and data order")
+    workers: int = _field(0, "data-loading processes (0: load in the main process)")
+    cache_mb: int = _field(1024, "memory for decoded images per loading process, MiB; least recently used "
+                           "images leave first", metavar="MIB")
+    precision: str = _field("float32", "Keras dtype policy: float32; mixed_float16 (float16 compute, float32 "
+                            "weights: GPUs); mixed_bfloat16 (CPUs with bfloat16 units: 1.3-2.4x faster than "
+                            "float32 on our 2-core machine, where float16 was 6-8x slower)",
+                            choices=("float32", "mixed_float16", "mixed_bfloat16"))
+
+    def __post_init__(self) -> None:
+        """Raises ValueError naming the parameter that is out of range."""
+        for name in ("num_landmarks", "batch_size", "max_iter", "test_iter", "snapshot_iter", "num_filters",
+                     "cache_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_option(name)} must be at least 1, got {getattr(self, name)}")
+        if len(self.image_size) != self.dim or min(self.image_size) < 1:
+            raise ValueError(f"--image-size needs {self.dim} positive sizes (--dim {self.dim}), "
+                             f"got {self.image_size}")
+        if not self.sigma > 0 or not self.learning_rate > 0 or self.weight_decay < 0:
+            raise ValueError(f"--sigma and --learning-rate must be positive and --weight-decay >= 0, got "
+                             f"{self.sigma}, {self.learning_rate}, {self.weight_decay}")
+        if self.sigma_regularization < 0 or self.workers < 0:
+            raise ValueError(f"--sigma-regularization and --workers must be >= 0, got "
+                             f"{self.sigma_regularization}, {self.workers}")
+        if self.anisotropic_sigma and not self.learn_sigma:
+            raise ValueError("--anisotropic-sigma needs --learn-sigma (fixed sigmas are isotropic)")
 
 
 # Presets: values that replace the defaults above. "cpu" is the default above (a few minutes on 2 cores);
@@ -95,10 +137,10 @@ PRESETS: dict[str, dict] = {
     "paper": {
         "dataset": "hand_xray_dataset",
         "dim": 2,
+        "data_spec": "hand_xray",
         "num_landmarks": 37,
         "cv": "all",
         "image_size": (256, 256),
-        "heatmap_size": None,
         "sigma": 3.0,
         "networks": ("scn", "unet", "downsampling_net", "conv_only"),
         "num_filters": 128,
@@ -119,43 +161,10 @@ NETWORK_PRESETS: dict[str, dict[str, dict]] = {
     "paper": {"conv_only": {"image_size": (128, 128)}, "downsampling_net": {"sigma": 1.5}},
 }
 
-HELP = {
-    "dataset": "dataset folder (images/, setup/); an empty or missing one gets the synthetic hands",
-    "output": "experiment output folder",
-    "save_debug_images": "write a few augmented training images with their targets into each run folder",
-    "synthetic_images": "number of synthetic images generated into an empty dataset folder",
-    "dim": "spatial dimension: 2 (radiographs) or 3 (volumes)",
-    "num_landmarks": "landmarks per image",
-    "cv": "cross-validation fold; 'all' runs folds 1-3, 'none' uses setup/{train,test}.txt",
-    "image_size": "network input size in pixels, W H [D]",
-    "heatmap_size": "heatmap size in pixels, W H [D]; None: image size / the network's heatmap factor",
-    "sigma": "Gaussian sigma of the target heatmaps, in heatmap pixels",
-    "networks": "network(s) to train",
-    "num_filters": "convolution filters per layer (paper: 128)",
-    "weight_decay": "L2 weight decay factor on the convolution kernels",
-    "optimizer": "optimizer: sgd (Nesterov momentum) or adam",
-    "learning_rate": "learning rate (paper SGD: 1e-7 for the sum-of-squares loss)",
-    "momentum": "SGD momentum",
-    "batch_size": "images per training iteration",
-    "max_iter": "training iterations (batches)",
-    "test_iter": "test on the validation images every N iterations",
-    "snapshot_iter": "save a checkpoint every N iterations",
-    "test_at_start": "also test before the first training iteration",
-    "seed": "random seed of weights, augmentation and data order",
-    "workers": "data-loading processes (0: load in the main process)",
-    "cache_mb": "memory for decoded images per loading process, MiB; least recently used images leave first",
-    "precision": "Keras dtype policy: float32; mixed_float16 (float16 compute, float32 weights: GPUs); "
-    "mixed_bfloat16 (CPUs with bfloat16 units: 1.3-2.4x faster than float32 on our 2-core machine, where "
-    "float16 was 6-8x slower)",
-}
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Command line: every parameter above is an option (--max-iter for max_iter); unknown options are errors.
 # ---------------------------------------------------------------------------------------------------------
-
-
-METAVARS = {"dataset": "DIR", "output": "DIR", "sigma": "S", "learning_rate": "LR", "cache_mb": "MIB"}
 
 
 def _option(name: str) -> str:
@@ -172,41 +181,29 @@ def parser() -> argparse.ArgumentParser:
         prog="main.py",
         description="Landmark localisation by heatmap regression: train, test, summarise networks x folds.",
     )
-    parse.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default="cpu",
-        help="parameter preset (default: cpu, see main.py)",
-    )
-    parse.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue a run folder from its last checkpoint, with its config.json",
-    )
+    parse.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                       help="parameter preset (default: cpu, see main.py)")
+    parse.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue a run folder from its last checkpoint, with its config.json")
     defaults = Parameters()
     for field in dataclasses.fields(Parameters):
         default = getattr(defaults, field.name)
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        kwargs: dict = {"dest": field.name, "default": argparse.SUPPRESS}
-        kwargs["help"] = f"{HELP[field.name]} (default: {shown})"
+        cli = dict(field.metadata)
+        kwargs: dict = {"dest": field.name, "default": argparse.SUPPRESS,
+                        "help": f"{cli.pop('help')} (default: {shown})"}
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif field.name in ("image_size", "heatmap_size"):
-            kwargs.update(type=int, nargs="+", metavar="N")
+        elif field.name == "image_size":
+            kwargs.update(type=int, nargs="+")
         elif field.name == "networks":
-            kwargs.update(nargs="+", choices=NETWORKS, metavar="NAME")
-            kwargs["help"] = f"{HELP['networks']}: {', '.join(NETWORKS)} (default: {shown})"
-        elif field.name == "cv":
-            kwargs["choices"] = ("1", "2", "3", "all", "none")
+            kwargs.update(nargs="+", choices=NETWORKS)
+            kwargs["help"] = f"{field.metadata['help']}: {', '.join(NETWORKS)} (default: {shown})"
+        elif default is not None and "choices" not in cli:
+            kwargs.update(type=type(default), metavar="N" if isinstance(default, int) else "X")
         elif field.name == "dim":
-            kwargs.update(type=int, choices=(2, 3))
-        elif field.name == "optimizer":
-            kwargs["choices"] = ("sgd", "adam")
-        elif field.name == "precision":
-            kwargs["choices"] = ("float32", "mixed_float16", "mixed_bfloat16")
-        else:
-            kwargs["type"] = type(default)
-            kwargs["metavar"] = METAVARS.get(field.name, "N" if isinstance(default, int) else "X")
+            kwargs["type"] = int
+        kwargs.update(cli)
         parse.add_argument(_option(field.name), **kwargs)
     return parse
 
@@ -216,26 +213,6 @@ def _replace(params: Parameters, values: dict) -> Parameters:
     return dataclasses.replace(
         params, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     )
-
-
-def check(params: Parameters) -> Parameters:
-    """Returns `params` unchanged, or raises ValueError naming the parameter that is out of range."""
-    for name in ("num_landmarks", "batch_size", "max_iter", "test_iter", "snapshot_iter", "num_filters",
-                 "cache_mb"):
-        if getattr(params, name) < 1:
-            raise ValueError(f"{_option(name)} must be at least 1, got {getattr(params, name)}")
-    for name in ("image_size", "heatmap_size"):
-        size = getattr(params, name)
-        if size is not None and (len(size) != params.dim or min(size) < 1):
-            raise ValueError(
-                f"{_option(name)} needs {params.dim} positive sizes (--dim {params.dim}), got {size}"
-            )
-    if not params.sigma > 0 or not params.learning_rate > 0 or params.weight_decay < 0:
-        raise ValueError(
-            f"--sigma and --learning-rate must be positive and --weight-decay >= 0, got {params.sigma}, "
-            f"{params.learning_rate}, {params.weight_decay}"
-        )
-    return params
 
 
 def resolve(preset: str, overrides: dict, network: str | None = None) -> Parameters:
@@ -249,7 +226,7 @@ def resolve(preset: str, overrides: dict, network: str | None = None) -> Paramet
     params = _replace(Parameters(), PRESETS[preset])
     if network is not None:
         params = _replace(params, NETWORK_PRESETS[preset].get(network, {}) | {"networks": (network,)})
-    return check(_replace(params, {k: v for k, v in overrides.items() if network is None or k != "networks"}))
+    return _replace(params, {k: v for k, v in overrides.items() if network is None or k != "networks"})
 
 
 def folds(cv: str) -> list[str]:
@@ -304,78 +281,68 @@ def run_name(network: str, fold: str) -> str:
 def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> tuple[Evaluation, np.ndarray]:
     """Trains `params.networks[0]` on fold `params.cv` in `run`, testing on the way.
 
+    The story of one run: model -> data on the model's output grid -> look at a batch -> train -> test.
+
     Returns:
         The last test, and the (M, N) point errors in mm of the mean-shape baseline on the same M test
         images (the training images' mean landmark positions after the validation transform).
     """
-    network_name = params.networks[0]
     keras.backend.clear_session()  # free the previous run's models and traced functions
     keras.utils.set_random_seed(params.seed)
     keras.mixed_precision.set_global_policy(params.precision)
-    factor = heatmap_factor(network_name)
-    heatmap_size = params.heatmap_size or tuple(size // factor for size in params.image_size)
+    # ---- model: the network, and the targets drawn on its output grid ----
+    network = build_network(params.networks[0], (*reversed(params.image_size), 1), params.num_landmarks,
+                            num_filters=params.num_filters, weight_decay=params.weight_decay)
+    heatmap_shape = tuple(network.output.shape[1:-1])  # ([z,] y, x): the one source of the heatmap grid
+    targets = GaussianTargets(params.num_landmarks, heatmap_shape, params.sigma,
+                              learn_sigma=params.learn_sigma, anisotropic=params.anisotropic_sigma)
+    model = HeatmapTrainer(network, targets, params.sigma_regularization)
+    model.compile(optimizer=make_optimizer(params.optimizer, params.learning_rate, params.momentum))
+    # ---- data: images and points on that grid ----
     with Dataset(
         params.dataset,
-        fold=params.cv,
-        dim=params.dim,
-        num_landmarks=params.num_landmarks,
+        spec=params.data_spec or ("hand_xray" if params.dim == 2 else "physical"),
         image_size=params.image_size,
-        heatmap_size=heatmap_size,
-        sigma=params.sigma,
+        heatmap_size=tuple(reversed(heatmap_shape)),
+        num_landmarks=params.num_landmarks,
+        fold=params.cv,
         batch_size=params.batch_size,
         seed=params.seed,
         workers=params.workers,
         cache_bytes=params.cache_mb * 2**20,
     ) as dataset:
-        return _train_and_test(params, run, resume, dataset)
+        if params.save_debug_images:  # look at a batch: what the network is fed and trained towards
+            batch = next(dataset.training_batches())
+            names = [f"{image_id}_batch0_{i}" for i, image_id in enumerate(batch["id"])]
+            write_debug_batch(run.root / "debug", names, batch, dataset.heatmap_geometry,
+                              lambda points, mask: keras.ops.convert_to_numpy(targets([points, mask])))
+            print(f"debug images of the first batch written to {run.root / 'debug'}")
+        return _train_and_test(params, run, resume, dataset, model)
 
 
 def _train_and_test(
-    params: Parameters, run: RunFolder, resume: bool, dataset: Dataset
+    params: Parameters, run: RunFolder, resume: bool, dataset: Dataset, model: HeatmapTrainer
 ) -> tuple[Evaluation, np.ndarray]:
-    """`train_and_test` on an open dataset."""
-    network_name = params.networks[0]
-    if params.save_debug_images:
-        dataset.save_debug_images(run.root / "debug")
-    network = build_network(
-        network_name,
-        (*reversed(params.image_size), 1),
-        params.num_landmarks,
-        num_filters=params.num_filters,
-        weight_decay=params.weight_decay,
-    )
-    model = compile_training_model(
-        network, make_optimizer(params.optimizer, params.learning_rate, params.momentum)
-    )
-    validation = list(dataset.validation_dataset())
-    baseline = mean_shape_errors(dataset.mean_shape_baseline(), validation)
-    baseline_text = describe(landmark_statistics(baseline))
-    print(f"mean-shape baseline on the {len(validation)} test images: {baseline_text}")
+    """`train_and_test` with its model and open dataset: baseline, training with tests, the last test."""
+    validation = dataset.validation_samples()
+    baseline = mean_shape_errors(dataset.mean_shape(), validation)
+    print(f"mean-shape baseline on the {len(validation)} test images: "
+          f"{describe(landmark_statistics(baseline))}")
     tests: list[Evaluation] = []
 
     def test(iteration: int) -> dict:
         start = time.perf_counter()
-        result = evaluate(
-            network,
-            validation,
-            run.iteration(iteration),
-            dataset.to_csv_units,
-            batch_size=params.batch_size,
-            name=run.root.parent.name,
-        )
+        result = evaluate(model.network, validation, run.iteration(iteration), dataset.to_csv_units,
+                          batch_size=params.batch_size, name=run.root.parent.name, targets=model.targets)
         tests.append(result)
         seconds = time.perf_counter() - start
-        print(
-            f"--- test at iteration {iteration} ({len(validation)} images, {seconds:.1f} s): "
-            f"{describe(result.stats)}"
-        )
+        print(f"--- test at iteration {iteration} ({len(validation)} images, {seconds:.1f} s): "
+              f"{describe(result.stats)}")
         return result.scalars()
 
     schedule = Schedule(params.max_iter, params.test_iter, params.snapshot_iter, params.test_at_start)
     state = {"seed": params.seed, "batch_size": params.batch_size}
-    # each batch is consumed by one training step before the next is drawn: no copy of the loader's buffers
-    batches = functools.partial(dataset.train_dataset, copy=False)
-    train(model, batches, run, schedule, evaluate=test, state=state, resume=resume)
+    train(model, dataset.training_batches, run, schedule, evaluate=test, state=state, resume=resume)
     if not tests:  # resumed a finished run: test its final state
         test(params.max_iter)
     return tests[-1], baseline
@@ -401,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         if resume:
             saved = read_config(Path(resume) / "config.json", Parameters)
-            runs = [(check(_replace(saved, args)), RunFolder.open(resume))]
+            runs = [(_replace(saved, args), RunFolder.open(resume))]
         else:
             experiment = resolve(preset, args)
             prepare_dataset(experiment)

@@ -2,15 +2,17 @@
 
 Two configurations (issue 5):
 - hand: 2D radiographs (the real ones in ../shared/data/hand_xray_real when present, else synthetic
-  phantoms of the same size) -> 256 x 256 input + 37 heatmaps of 256 x 256, the full training chain
-  (fit to size, translation, rotation, scaling, 5 x 5 B-spline deformation, intensity augmentation);
+  phantoms of the same size) -> 256 x 256 input + 37 landmark points on the 256 x 256 heatmap grid, the full
+  training chain (fit to size, translation, rotation, scaling, 5 x 5 B-spline deformation, intensity
+  augmentation);
 - volume: synthetic 256^3 volumes of 1 mm voxels (a torso phantom with air around it) -> 128^3 input + 10
-  heatmaps of 128^3, the 3D training chain.
+  points on the 128^3 grid, the 3D training chain.
 
-For each it reports (1) the time of every stage of one sample in this process (transform draw, resampling,
-intensity, landmark mapping, heatmaps), next to SimpleITK's single-threaded resampling of the same
-transform, (2) the samples per second that a consumer receives from `dataset.Dataset.train_dataset` with
-0 (in-process), 1, ..., N workers, and the peak resident memory of each worker process (VmHWM).
+The targets are drawn in the model (`utils.landmarks.targets`), not here. For each configuration it reports
+(1) the time of every stage of one sample in this process (transform draw, resampling, intensity, landmark
+mapping), next to SimpleITK's single-threaded resampling of the same transform, (2) the samples per second
+that a consumer receives from `dataset.Dataset.training_batches` with 0 (in-process), 1, ..., N workers,
+and the peak resident memory of each worker process (VmHWM).
 
 Commands (from the repository root)::
 
@@ -36,9 +38,9 @@ import SimpleITK as sitk
 
 from benchmarks.common import format_table, machine_info, time_calls, write_results
 from dataset import Dataset
-from utils.data.loader import sample_rng
+from utils.data.order import sample_rng
+from utils.data.sample import heatmap_points
 from utils.io.id_list import write_id_list
-from utils.landmarks.heatmaps import gaussian_heatmaps
 from utils.synthetic import generate_hand_dataset, generate_volume_dataset
 from utils.transforms.warp import warp
 
@@ -81,8 +83,8 @@ def volume_folder(cache: Path, quick: bool) -> tuple[Path, str]:
 
 def make_dataset(folder: Path, config: tuple, workers: int) -> Dataset:
     size, landmarks, batch, dim = config
-    return Dataset(folder, image_size=size, heatmap_size=size, num_landmarks=landmarks, fold=None, dim=dim,
-                   batch_size=batch, workers=workers, seed=0)
+    return Dataset(folder, spec="hand_xray" if dim == 2 else "physical", image_size=size, heatmap_size=size,
+                   num_landmarks=landmarks, fold=None, batch_size=batch, workers=workers, seed=0)
 
 
 def stage_times(dataset: Dataset, repeats: int) -> list[dict[str, Any]]:
@@ -90,23 +92,18 @@ def stage_times(dataset: Dataset, repeats: int) -> list[dict[str, Any]]:
     samples = dataset._samples(dataset.train_ids, validation=False)
     generator = samples.generator
     source, landmarks = samples._source(0), samples.landmarks[0]
-    spec = generator.array_spec(landmarks.shape[0])
-    buffers = {key: np.zeros(shape, dtype) for key, (shape, dtype) in spec.items()}  # as a loader's slot
     rngs = iter([sample_rng(1, 0, k) for k in range(10 * (repeats + 2))])
     # every stage cycles through the same random transforms (the cost of a warp varies with the draw)
     transforms = [generator.spatial.sample(source.geometry, generator.output, next(rngs)) for _ in range(8)]
-    points = [generator.heatmap_geometry.physical_to_index(t.input_to_output(landmarks)) for t in transforms]
     draws = itertools.cycle(range(len(transforms)))
-    image = buffers["image"][..., 0]
+    image = np.zeros(generator.output.shape, np.float32)
     stages = {
         "draw transform": lambda: generator.spatial.sample(source.geometry, generator.output, next(rngs)),
         "resample (compiled)": lambda: warp(source.warp_source, transforms[next(draws)], out=image),
         "intensity": lambda: generator.intensity(image, next(rngs), out=image),
-        "map landmarks": lambda: transforms[next(draws)].input_to_output(landmarks),
-        "heatmaps": lambda: gaussian_heatmaps(points[next(draws)], generator.heatmap_geometry.shape,
-                                              generator.sigma, out=buffers["heatmaps"],
-                                              windows=buffers["heatmap_windows"]),
-        "whole sample": lambda: generator(source, landmarks, next(rngs), buffers),
+        "map landmarks (points + mask)": lambda: heatmap_points(
+            generator.heatmap_geometry, transforms[next(draws)].input_to_output(landmarks)),
+        "whole sample": lambda: generator(source, landmarks, next(rngs)),
     }
     rows = [{"stage": name, "ms": 1e3 * time_calls(call, warmup=1, repeats=repeats).median}
             for name, call in stages.items()]
@@ -114,7 +111,7 @@ def stage_times(dataset: Dataset, repeats: int) -> list[dict[str, Any]]:
     if original.GetDimension() == 3 and original.GetSize()[2] == 1 and dataset.dim == 2:
         original = original[:, :, 0]
     original = sitk.Cast(original, sitk.sitkFloat32)
-    if dataset.ignore_spacing:
+    if dataset.spec.ignore_spacing:
         original.SetSpacing([1.0] * original.GetDimension())
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
@@ -144,9 +141,8 @@ def worker_peak_rss() -> list[int]:
 def throughput(folder: Path, config: tuple, workers: int, batches: int) -> dict[str, Any]:
     """Samples per second received from the training stream, after the workers' warm-up."""
     with make_dataset(folder, config, workers) as dataset:
-        stream = dataset.train_dataset(copy=False)  # as main.py consumes it
-        # start the workers, fill their image caches, compile, and create (first-touch) every shared-memory
-        # slot (2 per worker in flight): a fresh slot costs tens of ms, once per run
+        stream = dataset.training_batches()  # as main.py consumes it
+        # start the workers, fill their image caches and compile
         for _ in range(2 + 3 * max(1, workers)):
             next(stream)
         start = time.perf_counter()
@@ -185,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             stages = stage_times(dataset, repeats)
         rates = [throughput(folder, configs[name], count, batches) for count in workers]
         size, landmarks, batch, _ = configs[name]
-        print(f"\n{name}: {data}, input {'x'.join(map(str, size))} + {landmarks} heatmaps, batch {batch}")
+        print(f"\n{name}: {data}, input {'x'.join(map(str, size))} + {landmarks} points, batch {batch}")
         print(format_table(stages, [("stage", "stage", "s"), ("ms", "ms/sample", ".2f")]))
         print(format_table(rates, [("workers", "workers", "d"), ("samples_per_s", "samples/s", ".1f"),
                                    ("per_core", "per worker", ".1f"),

@@ -5,8 +5,9 @@ warm-up (compilation), the FLOPs of a step (forward + backward = 3 x the analyti
 `network.count_flops`), the achieved FLOP rate and its share of the peak rate (``--peak-tflops``, else the
 measured dense matmul rate of the device in the compute dtype, `benchmarks.common.matmul_tflops`), peak host
 memory (RSS) and, on a GPU, peak device memory. The training step is the project's own:
-`utils.training.loop.compile_training_model` (``[image, mask] -> network(image) * mask``, L2 heatmap loss,
-SGD with Nesterov momentum) and ``train_on_batch``, on random batches.
+`utils.training.model.HeatmapTrainer` (the network, Gaussian targets drawn in the graph from the batch's
+points with fixed or, with ``--targets learned``, learned sigmas, L2 heatmap loss, SGD with Nesterov momentum)
+and ``train_on_batch``, on random batches of images and points.
 
 Second part: the SCN's spatial configuration as ONE leave-one-out (masked N -> N) convolution, as
 `network.LeaveOneOutConv` computes it, against the naive formulation of N separate convolutions, each over
@@ -98,19 +99,19 @@ def preset_size(preset: str, network: str) -> Size:
     return sizes.get(network, sizes["default"])
 
 
-def random_batch(model: keras.Model, batch_size: int, rng: np.random.Generator) -> tuple[list, np.ndarray]:
-    """A random batch for a training model: ``[image (B, y, x, 1) in [-1, 1], mask (B, N) of ones]`` and
-    target heatmaps in [0, 1] with the model's output shape."""
-    image_shape = model.inputs[0].shape[1:]
-    heatmap_shape = model.output.shape[1:]
-    image = rng.uniform(-1.0, 1.0, (batch_size, *image_shape)).astype(np.float32)
-    mask = np.ones((batch_size, heatmap_shape[-1]), dtype=np.float32)
-    heatmaps = rng.uniform(0.0, 1.0, (batch_size, *heatmap_shape)).astype(np.float32)
-    return [image, mask], heatmaps
+def random_batch(network: keras.Model, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A random batch for a `HeatmapTrainer`: image (B, y, x, 1) in [-1, 1], points (B, N, 2) uniform on the
+    network's output grid, mask (B, N) of ones."""
+    *grid, num = network.output.shape[1:]
+    image = rng.uniform(-1.0, 1.0, (batch_size, *network.input.shape[1:])).astype(np.float32)
+    points = rng.uniform(0.0, 1.0, (batch_size, num, len(grid))) * (np.array(grid[::-1]) - 1)
+    mask = np.ones((batch_size, num), np.float32)
+    return {"image": image, "points": points.astype(np.float32), "mask": mask}
 
 
 def measure_training(network: str, size: Size, precision: str, warmup: int, steps: int,
-                     peak_tflops: float | None, matmul_size: int = 2048) -> dict[str, Any]:
+                     peak_tflops: float | None, matmul_size: int = 2048, learn_sigma: bool = False
+                     ) -> dict[str, Any]:
     """Builds `network` at `size` in `precision`, trains `warmup` + `steps` batches, returns the figures.
 
     Args:
@@ -121,6 +122,7 @@ def measure_training(network: str, size: Size, precision: str, warmup: int, step
         steps: timed steps.
         peak_tflops: peak rate for ``percent_of_peak``; None: measure the matmul rate in the compute dtype.
         matmul_size: matrix side of that measurement.
+        learn_sigma: train one sigma per landmark (its regulariser included) instead of fixed sigmas.
 
     Returns:
         A dict with the configuration, ``ms_per_step`` (median), ``best_ms_per_step``, ``images_per_s``
@@ -128,7 +130,8 @@ def measure_training(network: str, size: Size, precision: str, warmup: int, step
         ``percent_of_peak``, ``rss_peak_bytes``, ``rss_baseline_bytes``, ``device_peak_bytes`` (None on a
         CPU), ``final_loss``, ``jit_compile`` and the raw timing.
     """
-    from utils.training.loop import compile_training_model, make_optimizer
+    from utils.landmarks.targets import GaussianTargets
+    from utils.training.model import HeatmapTrainer, make_optimizer
 
     policy = resolve_precision(precision)
     keras.mixed_precision.set_global_policy(policy)
@@ -141,10 +144,12 @@ def measure_training(network: str, size: Size, precision: str, warmup: int, step
     reset_device_peak_memory()
     with PeakMemory() as memory:
         model = build_network(network, (side, side, 1), NUM_LANDMARKS, num_filters=size.num_filters)
-        trainer = compile_training_model(model, make_optimizer("sgd", LEARNING_RATE))
-        inputs, targets = random_batch(trainer, size.batch_size, np.random.default_rng(0))
+        targets = GaussianTargets(NUM_LANDMARKS, model.output.shape[1:-1], 3.0, learn_sigma=learn_sigma)
+        trainer = HeatmapTrainer(model, targets, sigma_regularization=1.0)
+        trainer.compile(optimizer=make_optimizer("sgd", LEARNING_RATE))
+        batch = random_batch(model, size.batch_size, np.random.default_rng(0))
         losses = []
-        timing = time_calls(lambda: losses.append(float(trainer.train_on_batch(inputs, targets))),
+        timing = time_calls(lambda: losses.append(float(trainer.train_on_batch(batch))),
                             warmup=warmup, repeats=steps)
     flops = BACKWARD_FACTOR * count_flops(model) * size.batch_size
     achieved = flops / timing.median / 1e12
@@ -152,6 +157,7 @@ def measure_training(network: str, size: Size, precision: str, warmup: int, step
     return {
         "network": network,
         "precision": policy,
+        "targets": "learned" if learn_sigma else "fixed",
         "input_size": side,
         "num_filters": size.num_filters,
         "batch_size": size.batch_size,
@@ -262,6 +268,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="override the batch size of the preset")
     parser.add_argument("--precisions", nargs="+", default=["float32", "mixed"],
                         help="Keras dtype policies; 'mixed': mixed_float16 on a GPU, mixed_bfloat16 on a CPU")
+    parser.add_argument("--targets", nargs="+", choices=("fixed", "learned"), default=["fixed"],
+                        help="sigmas of the in-graph targets: fixed, and/or learned (reports the extra cost)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps")
     parser.add_argument("--peak-tflops", type=float,
@@ -303,17 +311,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = []
     for precision in args.precisions:
         for network in args.networks:
-            size = network_size(args, network)
-            print(f"training {network} at {size.input_size} px, {precision} ...", flush=True)
-            rows.append(run(measure_training, network, size, precision, args.warmup, args.steps,
-                            args.peak_tflops, 256 if args.quick else 2048))
+            for kind in args.targets:
+                size = network_size(args, network)
+                print(f"training {network} at {size.input_size} px, {precision}, {kind} sigmas ...",
+                      flush=True)
+                rows.append(run(measure_training, network, size, precision, args.warmup, args.steps,
+                                args.peak_tflops, 256 if args.quick else 2048, kind == "learned"))
     machine = rows[0]["machine"]
     for row in rows:  # keep only the load of each measurement: it tells which ones shared the machine
         row["load_average"] = row.pop("machine")["load_average"]
     print(format_table(
         [{**row, "rss_mib": _mib(row["rss_peak_bytes"]), "device_mib": _mib(row["device_peak_bytes"])}
          for row in rows],
-        [("network", "network", "s"), ("precision", "precision", "s"), ("input_size", "px", "d"),
+        [("network", "network", "s"), ("precision", "precision", "s"), ("targets", "sigmas", "s"),
+         ("input_size", "px", "d"),
          ("ms_per_step", "ms/step", ".0f"), ("images_per_s", "img/s", ".2f"),
          ("gflop_per_step", "GFLOP", ".0f"),
          ("achieved_tflops", "TFLOP/s", ".3f"), ("percent_of_peak", "% peak", ".0f"),

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from network import build_network, heatmap_factor
+from utils.landmarks.targets import GaussianTargets
 from utils.training.checkpoint import latest_checkpoint, load_checkpoint
-from utils.training.loop import Schedule, compile_training_model, make_optimizer, train
+from utils.training.loop import Schedule, train
+from utils.training.model import HeatmapTrainer, make_optimizer
 from utils.training.output import RunFolder
 
 SIZE = 16
@@ -18,8 +20,8 @@ LANDMARKS = 3
 
 
 def fake_batches(factor):
-    """batches(start) -> endless fake batches of 2 with heatmaps at 1/factor resolution; batch k depends only
-    on k; the last landmark of every sample is missing."""
+    """batches(start) -> endless fake batches of 2 with points on a grid 1/factor of the input; batch k
+    depends only on k; the last landmark of every sample is missing."""
 
     def batches(start):
         index = start
@@ -27,9 +29,9 @@ def fake_batches(factor):
             rng = np.random.default_rng(index)
             mask = np.ones((2, LANDMARKS), np.float32)
             mask[:, -1] = 0.0
-            heatmaps = rng.uniform(size=(2, SIZE // factor, SIZE // factor, LANDMARKS)).astype(np.float32)
+            points = rng.uniform(0, SIZE // factor - 1, size=(2, LANDMARKS, 2)).astype(np.float32)
             image = rng.normal(size=(2, SIZE, SIZE, 1)).astype(np.float32)
-            yield {"image": image, "heatmaps": heatmaps * mask[:, None, None], "mask": mask}
+            yield {"image": image, "points": points, "mask": mask}
             index += 1
 
     return batches
@@ -38,7 +40,11 @@ def fake_batches(factor):
 def model(name):
     keras.utils.set_random_seed(3)
     network = build_network(name, (SIZE, SIZE, 1), LANDMARKS, num_filters=4)
-    return compile_training_model(network, make_optimizer("sgd", 1e-4))
+    # learned sigmas: the in-graph targets and their trainable weight must work on every backend
+    targets = GaussianTargets(LANDMARKS, network.output.shape[1:-1], 1.5, learn_sigma=True)
+    trainer = HeatmapTrainer(network, targets, sigma_regularization=1.0)
+    trainer.compile(optimizer=make_optimizer("sgd", 1e-4))
+    return trainer
 
 
 @pytest.mark.parametrize("name", ["scn", "downsampling_net"])
@@ -55,6 +61,7 @@ def test_short_training_and_resume_on_this_backend(tmp_path, name):
         log=lambda _: None,
     )
     assert all(np.isfinite(row["loss"]) for row in history.train)
+    assert not np.allclose(whole.sigmas(), 1.5)  # the sigmas were trained
     assert [row["iteration"] for row in history.test] == [2, 4]
     assert latest_checkpoint(run.checkpoints).name == "ckpt_00000004.npz"
 

@@ -6,8 +6,10 @@ import pytest
 import SimpleITK as sitk
 
 from dataset import Dataset
+from utils.data.debug import write_debug_batch
 from utils.io.landmarks import write_landmarks_csv
 from utils.landmarks.decode import decode_heatmaps
+from utils.landmarks.targets import GaussianTargets
 
 NUM_LANDMARKS = 6
 
@@ -39,8 +41,8 @@ def write_tiny_dataset(folder, dim, num_images=5, units="pixel"):
 def make(folder, dim, **options):
     size = (32, 32) if dim == 2 else (16, 16, 16)
     heatmap = (16, 16) if dim == 2 else (16, 16, 16)
-    defaults = dict(image_size=size, heatmap_size=heatmap, num_landmarks=NUM_LANDMARKS, sigma=1.5, dim=dim,
-                    batch_size=2, fold=1)
+    defaults = dict(image_size=size, heatmap_size=heatmap, num_landmarks=NUM_LANDMARKS,
+                    spec="hand_xray" if dim == 2 else "physical", batch_size=2, fold=1)
     return Dataset(folder, **{**defaults, **options})
 
 
@@ -48,14 +50,18 @@ def make(folder, dim, **options):
 def test_shapes_and_validation_samples_map_back(tmp_path, dim):
     table = write_tiny_dataset(tmp_path, dim, units="pixel" if dim == 2 else "physical")
     dataset = make(tmp_path, dim)
-    batch = next(dataset.train_dataset())
+    batch = next(dataset.training_batches())
     spatial = (32, 32) if dim == 2 else (16, 16, 16)
     heatmap = (16, 16) if dim == 2 else (16, 16, 16)
+    assert sorted(batch) == ["id", "image", "mask", "points"]
     assert batch["image"].shape == (2, *spatial, 1)
-    assert batch["heatmaps"].shape == (2, *heatmap, NUM_LANDMARKS)
+    assert batch["points"].shape == (2, NUM_LANDMARKS, dim)
     assert batch["mask"].shape == (2, NUM_LANDMARKS)
-    assert all(batch[k].dtype == np.float32 for k in batch)
-    samples = dataset.validation_dataset()
+    assert all(batch[k].dtype == np.float32 for k in ("image", "points", "mask"))
+    assert set(batch["id"]) <= {"case0", "case1", "case2"}
+    assert np.all((batch["points"] >= -0.5) & (batch["points"] <= np.array(heatmap[::-1]) - 0.5)
+                  | (batch["mask"][..., None] == 0))
+    samples = dataset.validation_samples()
     assert [s.id for s in samples] == ["case3", "case4"]
     for sample in samples:
         assert sample.image.shape == (*spatial, 1)
@@ -69,47 +75,29 @@ def test_shapes_and_validation_samples_map_back(tmp_path, dim):
         np.testing.assert_allclose(dataset.to_csv_units(sample.id, sample.landmarks), table[sample.id],
                                    atol=1e-9)
     assert (samples[0].mm_scale == 1.0) == (dim == 3)
-    assert dataset.mean_shape_baseline().shape == (NUM_LANDMARKS, dim)
+    assert dataset.mean_shape().shape == (NUM_LANDMARKS, dim)
 
 
 def test_same_batches_with_0_and_2_workers(tmp_path):
     write_tiny_dataset(tmp_path, 2)
-    reference = make(tmp_path, 2, seed=7).train_dataset()
+    reference = make(tmp_path, 2, seed=7).training_batches()
     expected = [next(reference) for _ in range(3)]
     with make(tmp_path, 2, seed=7, workers=2) as dataset:
-        batches = dataset.train_dataset()
+        batches = dataset.training_batches()
         for want in expected:
             got = next(batches)
             for key in want:
                 np.testing.assert_array_equal(got[key], want[key])
-        resumed = next(dataset.train_dataset(start_batch=2))
+        resumed = next(dataset.training_batches(start_batch=2))
         np.testing.assert_array_equal(resumed["image"], expected[2]["image"])
-
-
-@pytest.mark.parametrize("dim", [2, 3])
-def test_reused_buffers_give_the_same_batches_as_fresh_ones(tmp_path, dim):
-    """Buffers reused across batches (copy=False: heatmaps cleared only in the previous samples' boxes, in
-    the parent and in shared-memory slots that move between workers) hold exactly the fresh samples."""
-    write_tiny_dataset(tmp_path, dim)
-    size = (32, 32) if dim == 2 else (24, 24, 24)  # larger than a heatmap window (13 voxels at sigma 1)
-    options = dict(seed=3, image_size=size, heatmap_size=size, sigma=1.0)
-    fresh = make(tmp_path, dim, **options).train_dataset(copy=True)
-    expected = [next(fresh) for _ in range(8)]
-    assert all(0.0 < np.mean(b["heatmaps"] > 0) < 0.5 for b in expected)
-    for workers in (0, 2):
-        with make(tmp_path, dim, workers=workers, **options) as dataset:
-            for want, got in zip(expected, dataset.train_dataset(copy=False), strict=False):
-                assert sorted(got) == ["heatmaps", "image", "mask"]
-                for key in want:
-                    np.testing.assert_array_equal(got[key], want[key], err_msg=f"{key}, {workers} workers")
 
 
 def test_errors_name_the_file_or_id(tmp_path):
     write_tiny_dataset(tmp_path, 2)
     with pytest.raises(ValueError, match=r"all\.csv.*case0.*expected 14 values"):
         make(tmp_path, 2, num_landmarks=7)  # landmark count differs from the CSV's
-    with pytest.raises(ValueError, match=r"case0.png is 2D .* dim=3"):
-        make(tmp_path, 3, image_size=(16, 16, 16), heatmap_size=(16, 16, 16), num_landmarks=4)
+    with pytest.raises(ValueError, match=r"case0.png is 2D .* input size \(16, 16, 16\) is 3D"):
+        make(tmp_path, 3, spec="hand_xray", num_landmarks=4)
     (tmp_path / "images" / "case1.mha").write_text("not an image")
     with pytest.raises(ValueError, match=r"several image files for id 'case1'"):
         make(tmp_path, 2)
@@ -131,16 +119,23 @@ def test_errors_name_the_file_or_id(tmp_path):
         make(tmp_path, 2, fold=None)
     with pytest.raises(ValueError, match=r"heatmap_size .* got \(10, 10\)"):
         make(tmp_path, 2, heatmap_size=(10, 10))
+    with pytest.raises(ValueError, match=r"unknown data spec 'xray'; known: hand_xray, physical"):
+        make(tmp_path, 2, spec="xray")
+    with pytest.raises(ValueError, match=r"unknown augmentation strengths \['shear'\]"):
+        make(tmp_path, 2, augmentation={"shear": 0.1})
 
 
-def test_debug_images_are_written(tmp_path):
+def test_debug_images_of_a_batch_are_written(tmp_path):
     write_tiny_dataset(tmp_path / "data", 2)
     dataset = make(tmp_path / "data", 2)
-    dataset.save_debug_images(tmp_path / "debug")
-    next(dataset.train_dataset())
-    dataset.validation_dataset()
+    batch = next(dataset.training_batches())
+    targets = GaussianTargets(NUM_LANDMARKS, (16, 16), sigma=1.5)
+    written = write_debug_batch(tmp_path / "debug", ["a", "b"], batch, dataset.heatmap_geometry,
+                                lambda points, mask: targets([points, mask]))
     names = sorted(path.name for path in (tmp_path / "debug").iterdir())
-    assert "case3_validation_image.mha" in names and "case3_validation_heatmaps.png" in names
-    assert sum(name.endswith("_epoch0_image.png") for name in names) == 2
-    image = sitk.ReadImage(str(tmp_path / "debug" / "case3_validation_image.mha"))
+    assert names == ["a_heatmaps.png", "a_image.mha", "a_image.png", "b_heatmaps.png", "b_image.mha",
+                     "b_image.png"]
+    assert all(path.is_file() for path in written)
+    image = sitk.ReadImage(str(tmp_path / "debug" / "a_image.mha"))
     assert image.GetSize() == (32, 32)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), batch["image"][0, ..., 0])

@@ -2,11 +2,18 @@
 
 import re
 
+import keras
 import numpy as np
 import pytest
 
 from utils.landmarks.decode import _channel_argmax, decode_heatmaps
-from utils.landmarks.heatmaps import gaussian_heatmaps
+from utils.landmarks.targets import gaussian_targets
+
+
+def gaussian_heatmaps(points, shape, sigma):
+    """Peak-1 Gaussians at (N, dim) points on a ([z,] y, x) grid as (..., N) float32, model-drawn."""
+    points = np.asarray(points, np.float32)[None]
+    return keras.ops.convert_to_numpy(gaussian_targets(points, np.ones(points.shape[:2]), sigma, shape))[0]
 
 
 def line_heatmap(values, centre):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import main
-from main import PRESETS, Parameters, check, parser, resolve
+from main import PRESETS, Parameters, parser, resolve
 from network import heatmap_factor
 from utils.io.landmarks import read_landmarks_csv
-from utils.training.loop import make_optimizer
+from utils.training.model import make_optimizer
 from utils.training.output import config_from_dict, config_to_dict
 
 
@@ -56,7 +56,7 @@ def test_presets_resolve_to_the_documented_values():
         "num_landmarks": 37,
         "cv": "all",
         "image_size": (256, 256),
-        "heatmap_size": None,
+        "data_spec": "hand_xray",
         "sigma": 3.0,
         "networks": ("scn", "unet", "downsampling_net", "conv_only"),
         "num_filters": 128,
@@ -84,9 +84,11 @@ def test_presets_resolve_to_the_documented_values():
 
 def test_parameter_checks_name_the_option():
     with pytest.raises(ValueError, match=r"--image-size needs 3 positive sizes \(--dim 3\), got \(128, 128"):
-        check(Parameters(dim=3))
+        Parameters(dim=3)
     with pytest.raises(ValueError, match="--max-iter must be at least 1, got 0"):
-        check(Parameters(max_iter=0))
+        Parameters(max_iter=0)
+    with pytest.raises(ValueError, match="--anisotropic-sigma needs --learn-sigma"):
+        Parameters(anisotropic_sigma=True)
 
 
 def test_config_round_trip_and_unknown_key():
@@ -116,15 +118,20 @@ TINY = [
 
 def test_end_to_end_run_writes_every_output(tmp_path, capsys):
     data, output = tmp_path / "data", tmp_path / "out"
-    summary = main.main([*TINY, "--dataset", str(data), "--output", str(output), "--save-debug-images"])
+    summary = main.main([*TINY, "--dataset", str(data), "--output", str(output), "--save-debug-images",
+                         "--learn-sigma"])
     printed = capsys.readouterr().out
     assert "generating 8 synthetic hand images" in printed and "--dataset FOLDER" in printed
     assert "mean ± std" in printed and "pooled (all folds)" in printed
     assert "mean-shape baseline on the" in printed and "x the mean-shape baseline" in printed
     (run,) = (output / "scn_cv1").iterdir()
     for name in ("config.json", "main.py", "dataset.py", "network.py", "history.json", "history.csv",
-                 "training_curves.png", "checkpoints/ckpt_00000004.npz"):  # fmt: skip
+                 "training_curves.png", "sigmas.png", "checkpoints/ckpt_00000004.npz"):  # fmt: skip
         assert (run / name).is_file(), name
+    assert "sigma 3.0" in printed  # learned sigmas on the progress lines
+    history = json.loads((run / "history.json").read_text())
+    assert all(len([k for k in row if k.startswith("sigma_")]) == 37 for row in history["train"])
+    assert "loss" in history["test"][-1]  # the validation loss
     assert any((run / "logs").iterdir())
     assert any((run / "debug").iterdir())
     for iteration in (0, 2, 4):
@@ -139,6 +146,9 @@ def test_end_to_end_run_writes_every_output(tmp_path, capsys):
     assert saved == json.loads(json.dumps(summary))
     assert saved["scn"]["runs"]["scn_cv1"]["num_images"] == len(test_ids)
     assert saved["scn"]["mean_shape_baseline"]["pooled"]["num_images"] == len(test_ids)
+    sigmas = json.loads((run / "iter_4" / "stats.json").read_text())["sigmas"]
+    assert len(sigmas) == 37 and all(isinstance(value, float) and value > 0 for value in sigmas)
+    assert saved["scn"]["runs"]["scn_cv1"]["sigmas"] == sigmas
     assert json.loads((run / "config.json").read_text())["networks"] == ["scn"]
 
     summary = main.main(["--resume", str(run), "--max-iter", "6"])

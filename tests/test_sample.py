@@ -1,5 +1,6 @@
 """Tests of utils.data.sample: the end-to-end coordinate round trip (issue 2 item 6) and the sample layout."""
 
+import keras
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -8,6 +9,7 @@ from utils.data.sample import SampleGenerator, prepare_source, read_geometry
 from utils.io.image import read_image
 from utils.io.landmarks import read_landmarks_csv
 from utils.landmarks.decode import decode_heatmaps
+from utils.landmarks.targets import gaussian_targets
 from utils.transforms.geometry import Geometry
 from utils.transforms.intensity import IntensityAugmentation
 from utils.transforms.spatial import (
@@ -30,16 +32,19 @@ def full_chain(deformation_nodes: int, max_displacement: float) -> SpatialAugmen
     )
 
 
-def round_trip_errors(generator: SampleGenerator, source, landmarks, rng) -> np.ndarray:
-    """Decoded target maxima mapped back to the source, distance to the annotation in heatmap pixels."""
+def round_trip_errors(generator: SampleGenerator, source, landmarks, rng, sigma: float) -> np.ndarray:
+    """Maxima of the targets the model draws from the sample's points, decoded and mapped back to the
+    source: distance to the annotation in heatmap pixels."""
     arrays, transform = generator(source, landmarks, rng)
-    points, _ = decode_heatmaps(arrays["heatmaps"])
+    heatmaps = gaussian_targets(arrays["points"][None], arrays["mask"][None], sigma,
+                                generator.heatmap_geometry.shape)
+    points, _ = decode_heatmaps(keras.ops.convert_to_numpy(heatmaps)[0])
     back = transform.output_to_input(generator.heatmap_geometry.index_to_physical(points))
     linear = transform.matrix[:-1, :-1]
     heatmap = generator.heatmap_geometry
     heatmap_pixels_per_unit = abs(np.linalg.det(linear)) ** (1 / len(linear)) / heatmap.spacing[0]
     in_heatmap = generator.heatmap_geometry.physical_to_index(transform.input_to_output(landmarks))
-    margin = 4 * generator.sigma  # the Gaussian's peak region inside the grid: not cut off by the border
+    margin = 4 * sigma  # the Gaussian's peak region inside the grid: not cut off by the border
     size = np.asarray(heatmap.size)
     kept = np.all((in_heatmap >= margin) & (in_heatmap <= size - 1 - margin), axis=1)
     inside = np.all((in_heatmap >= -0.5) & (in_heatmap <= size - 0.5), axis=1)
@@ -55,9 +60,9 @@ def test_round_trip_on_a_real_radiograph(hand_data_dir):
     spatial = full_chain(5, 20.0)
     output = Geometry.grid((256, 256))
     source = prepare_source(image, spatial, output)
-    generator = SampleGenerator(spatial, IntensityAugmentation(), output, heatmap_factor=1, sigma=3.0)
+    generator = SampleGenerator(spatial, IntensityAugmentation(), output, heatmap_geometry=output)
     rng = np.random.default_rng(0)
-    errors = np.concatenate([round_trip_errors(generator, source, landmarks, rng) for _ in range(4)])
+    errors = np.concatenate([round_trip_errors(generator, source, landmarks, rng, 3.0) for _ in range(4)])
     assert errors.size > 100
     assert errors.max() < 0.05
 
@@ -82,10 +87,10 @@ def test_round_trip_on_a_synthetic_volume():
         deformation=RandomBSplineDeformation(4, 4.0),
     )
     output = Geometry.grid((64, 64, 64))
-    generator = SampleGenerator(spatial, IntensityAugmentation(), output, heatmap_factor=2, sigma=1.5)
+    generator = SampleGenerator(spatial, IntensityAugmentation(), output, output.downsampled(2))
     source = prepare_source(image, spatial, output)
     rng = np.random.default_rng(2)
-    errors = np.concatenate([round_trip_errors(generator, source, landmarks, rng) for _ in range(3)])
+    errors = np.concatenate([round_trip_errors(generator, source, landmarks, rng, 1.5) for _ in range(3)])
     assert errors.size >= 12
     assert errors.max() < 0.05
 
@@ -96,16 +101,19 @@ def test_sample_layout_missing_and_outside_landmarks():
     landmarks[3] = [1000.0, 0.0, 0.0]  # far outside the image: mapped outside the grid
     spatial = SpatialAugmentation([CenterToOrigin(), FitToOutput(), OriginToOutputCenter()])
     output = Geometry.grid((32, 24, 16))
-    generator = SampleGenerator(spatial, IntensityAugmentation(), output, heatmap_factor=2, sigma=1.0)
+    heatmap = output.downsampled(2)
+    generator = SampleGenerator(spatial, IntensityAugmentation(), output, heatmap)
     arrays, transform = generator(prepare_source(image, spatial, output), landmarks, None)
+    assert sorted(arrays) == ["image", "mask", "points"]
     assert arrays["image"].shape == (16, 24, 32, 1) and arrays["image"].dtype == np.float32
-    assert arrays["heatmaps"].shape == (8, 12, 16, 8) and arrays["heatmaps"].dtype == np.float32
+    assert arrays["points"].shape == (8, 3) and arrays["points"].dtype == np.float32
     np.testing.assert_array_equal(arrays["mask"], [1, 1, 0, 0, 1, 1, 1, 1])
-    assert not arrays["heatmaps"][..., 2].any() and not arrays["heatmaps"][..., 3].any()
+    np.testing.assert_array_equal(arrays["points"][2], [0, 0, 0])  # missing: a finite placeholder
+    expected = heatmap.physical_to_index(transform.input_to_output(landmarks))
+    np.testing.assert_allclose(arrays["points"][[0, 1, 3, 4, 5, 6, 7]], expected[[0, 1, 3, 4, 5, 6, 7]],
+                               rtol=1e-6, atol=1e-4)
     assert arrays["image"].min() >= -1.0 and arrays["image"].max() <= 1.0
     assert transform.deformation is None
-    with pytest.raises(ValueError, match="heatmap_factor .* got 5"):
-        SampleGenerator(spatial, IntensityAugmentation(), output, heatmap_factor=5, sigma=1.0)
 
 
 def test_read_geometry_matches_read_image(tmp_path):

@@ -11,16 +11,11 @@ import pytest
 
 from utils.io.landmarks import read_landmarks_csv
 from utils.landmarks.statistics import landmark_statistics
+from utils.landmarks.targets import GaussianTargets
 from utils.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from utils.training.evaluation import Evaluation, evaluate, mean_shape_errors, summarize
-from utils.training.loop import (
-    NonFiniteLossError,
-    Schedule,
-    compile_training_model,
-    make_optimizer,
-    train,
-    training_model,
-)
+from utils.training.loop import NonFiniteLossError, Schedule, train
+from utils.training.model import HeatmapTrainer, make_optimizer
 from utils.training.output import RunFolder, config_from_dict, config_to_dict, read_config
 from utils.transforms.geometry import Geometry
 
@@ -44,11 +39,10 @@ def fake_batches(seed: int = 0, batch_size: int = 2):
         while True:
             rng = np.random.default_rng([seed, index])
             image = rng.normal(size=(batch_size, *SHAPE, 1)).astype(np.float32)
-            heatmaps = rng.uniform(size=(batch_size, *SHAPE, LANDMARKS)).astype(np.float32)
+            points = rng.uniform(0, SHAPE[0] - 1, size=(batch_size, LANDMARKS, 2)).astype(np.float32)
             mask = np.ones((batch_size, LANDMARKS), np.float32)
             mask[:, -1] = 0.0
-            heatmaps[..., -1] = 0.0
-            yield {"image": image, "heatmaps": heatmaps, "mask": mask}
+            yield {"image": image, "points": points, "mask": mask, "id": ["a"] * batch_size}
             index += 1
 
     return batches
@@ -105,38 +99,47 @@ def test_config_rejects_unknown_keys():
 # ---- checkpoints and the loop -----------------------------------------------------------------------------
 
 
-def compiled(optimizer="sgd", learning_rate=1e-3):
-    return compile_training_model(tiny_network(), make_optimizer(optimizer, learning_rate))
+def compiled(optimizer="sgd", learning_rate=1e-3, learn_sigma=False, sigma_regularization=0.0):
+    model = HeatmapTrainer(tiny_network(), GaussianTargets(LANDMARKS, SHAPE, 1.5, learn_sigma=learn_sigma),
+                           sigma_regularization)
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate))
+    return model
+
+
+def inputs(batch):
+    return {key: batch[key] for key in ("image", "points", "mask")}
 
 
 def state_of(model):
     return model.get_weights(), [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
 
 
-def test_masked_training_model_zeroes_missing_channels():
-    network = tiny_network()
-    model = training_model(network)
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_loss_is_half_sum_of_squares_over_batch_of_present_landmarks_plus_regularisers(learn_sigma):
+    model = compiled(learn_sigma=learn_sigma, sigma_regularization=0.5)
     batch = next(fake_batches()(0))
     batch["mask"][1, 0] = 0.0
-    out = keras.ops.convert_to_numpy(model([batch["image"], batch["mask"]]))
-    full = keras.ops.convert_to_numpy(network(batch["image"]))
-    np.testing.assert_allclose(out[..., :2][0], full[0, ..., :2], rtol=1e-6)
-    assert np.all(out[..., 2] == 0) and np.all(out[1, ..., 0] == 0)
-
-
-def test_loss_is_half_sum_of_squares_over_batch():
-    model = compiled()
-    batch = next(fake_batches()(0))
-    prediction = keras.ops.convert_to_numpy(model([batch["image"], batch["mask"]]))
-    expected = np.sum((prediction - batch["heatmaps"]) ** 2) / 2 / len(prediction)
-    loss = model.test_on_batch([batch["image"], batch["mask"]], batch["heatmaps"])
+    out = {k: keras.ops.convert_to_numpy(v) for k, v in model(inputs(batch)).items()}
+    grid = np.stack(np.meshgrid(np.arange(8.0), np.arange(8.0), indexing="ij")[::-1], axis=-1)
+    targets = np.exp(-np.sum((grid[None, :, :, None] - batch["points"][:, None, None]) ** 2, -1) / 4.5)
+    np.testing.assert_allclose(out["targets"], targets * batch["mask"][:, None, None], atol=1e-6)
+    squares = np.sum((out["heatmaps"] - out["targets"]) ** 2, axis=(1, 2)) * batch["mask"]
+    expected = np.sum(squares) / 2 / 2  # batch of 2; the tiny network has no kernel regulariser
+    if learn_sigma:  # 0.5 * sum over present landmarks of sigma^2 / 2 / B
+        expected += 0.5 * np.sum(batch["mask"] * 1.5**2) / 2 / 2
+    loss = model.test_on_batch(inputs(batch))
     np.testing.assert_allclose(float(np.asarray(loss).ravel()[0]), expected, rtol=1e-5)
+
+
+def test_trainer_rejects_targets_on_another_grid():
+    with pytest.raises(ValueError, match=r"targets' grid \(4, 4, 3\) differs from the network's output"):
+        HeatmapTrainer(tiny_network(), GaussianTargets(LANDMARKS, (4, 4), 1.5))
 
 
 def test_checkpoint_round_trip_and_keep(tmp_path):
     model = compiled(optimizer="adam")
     batch = next(fake_batches()(0))
-    model.train_on_batch([batch["image"], batch["mask"]], batch["heatmaps"])
+    model.train_on_batch(inputs(batch))
     for iteration in (1, 2, 3):
         path = save_checkpoint(tmp_path, model, iteration, {"seed": 7}, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_00000002.npz", "ckpt_00000003.npz"]
@@ -272,7 +275,7 @@ def test_data_wait_is_the_share_of_time_spent_waiting_for_batches(tmp_path):
     for name, batches in (("slow", slow), ("ready", fake_batches())):
         model = compiled()
         warm = next(fake_batches()(0))  # compile outside the measured windows
-        model.train_on_batch([warm["image"], warm["mask"]], warm["heatmaps"])
+        model.train_on_batch(inputs(warm))
         schedule = Schedule(max_iter=6, test_iter=100, snapshot_iter=100, report_every_s=0.25)
         history = train(model, batches, new_run(tmp_path, name), schedule, log=lambda _: None)
         waits[name] = [row["data_wait"] for row in history.train]

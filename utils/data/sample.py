@@ -1,11 +1,11 @@
-"""Sample assembly: one spatial draw moves an image and its landmarks alike, then intensities and targets.
+"""Sample assembly: one spatial draw moves an image and its landmarks alike, then the intensities.
 
 Dataset-agnostic: a `SourceImage` (decoded once per image and cached by the caller) and its landmarks in
-PHYSICAL coordinates go in; the network input, the heatmap targets, the landmark mask and the sample's
-`SampleTransform` (kept to map predictions back) come out.
+PHYSICAL coordinates go in; the network input, the landmarks in heatmap index coordinates with their mask,
+and the sample's `SampleTransform` (kept to map predictions back) come out.
 
     source = prepare_source(read_image(path), spatial, output)      # once per image (cache it)
-    sample = SampleGenerator(spatial, intensity, output, heatmap_factor=1, sigma=3.0)
+    sample = SampleGenerator(spatial, intensity, output, heatmap_geometry=output)
     arrays, transform = sample(source, landmarks, rng)               # rng None: validation chain
 """
 
@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from utils.landmarks.heatmaps import gaussian_heatmaps
 from utils.transforms.geometry import Geometry
 from utils.transforms.intensity import IntensityAugmentation, rescale_intensity, robust_range
 from utils.transforms.spatial import SampleTransform, SpatialAugmentation
 from utils.transforms.warp import WarpSource, block_average, block_average_factor, warp
 
-__all__ = ["SampleGenerator", "SourceImage", "prepare_source", "read_geometry"]
+__all__ = ["SampleGenerator", "SourceImage", "heatmap_points", "prepare_source", "read_geometry"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,19 +111,16 @@ class SampleGenerator:
     """Makes one training or validation sample from a source image and its landmarks.
 
     Per sample: one `SpatialAugmentation` draw gives the transform; the image is resampled through it onto
-    the output grid and the landmarks are mapped input -> output with it; the intensities are rescaled
-    with the source's robust range to [-1, 1] and augmented; Gaussian targets are drawn on the heatmap grid
-    (the output grid downsampled by `heatmap_factor`).
+    the output grid and the landmarks are mapped input -> output -> heatmap grid with it; the intensities
+    (already rescaled to [-1, 1] in the source) are augmented. No target is drawn here: the model renders
+    the Gaussians from the points (`utils.landmarks.targets`).
 
     Args:
         spatial: Spatial chain (OUTPUT -> INPUT map; landmarks go through its inverse).
         intensity: Intensity augmentation applied after the robust rescaling.
         output: Output (network input) grid; origin 0, identity direction, spacing 1 (output pixels).
-        heatmap_factor: Integer downsampling of the heatmap grid relative to the output grid (1: same grid).
-        sigma: Gaussian standard deviation in heatmap pixels (float, or (N,) per landmark).
-
-    Raises:
-        ValueError: For a heatmap factor below 1 or one that does not divide the output size.
+        heatmap_geometry: The network's output grid in output physical space (``output.downsampled(f)`` for
+            a network whose heatmaps are f times smaller than its input).
     """
 
     def __init__(
@@ -132,45 +128,15 @@ class SampleGenerator:
         spatial: SpatialAugmentation,
         intensity: IntensityAugmentation,
         output: Geometry,
-        heatmap_factor: int,
-        sigma: float | np.ndarray,
+        heatmap_geometry: Geometry,
     ):
-        if heatmap_factor < 1 or any(size % heatmap_factor for size in output.size):
-            raise ValueError(
-                f"heatmap_factor must be a positive divisor of the output size {output.size}, "
-                f"got {heatmap_factor}"
-            )
         self.spatial = spatial
         self.intensity = intensity
         self.output = output
-        self.heatmap_geometry = output.downsampled(heatmap_factor)
-        self.sigma = sigma
-
-    def array_spec(self, num_landmarks: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """Shape and dtype of each array of one sample, for a loader that preallocates batch buffers.
-
-        Besides the network's arrays, "heatmap_windows" (N, dim, 2) int32 records the box of every heatmap
-        channel that holds non-zero values (see `gaussian_heatmaps`): a reused buffer then has only those
-        boxes cleared, not all of its ~10 MB (hand) or ~84 MB (10 heatmaps of 128^3). The loader must keep
-        each buffer's content between the samples written into it (`utils.data.loader` does).
-
-        Args:
-            num_landmarks: N, the number of landmarks per sample.
-        """
-        float32 = np.dtype(np.float32)
-        return {
-            "image": ((*self.output.shape, 1), float32),
-            "heatmaps": ((*self.heatmap_geometry.shape, num_landmarks), float32),
-            "mask": ((num_landmarks,), float32),
-            "heatmap_windows": ((num_landmarks, self.output.dim, 2), np.dtype(np.int32)),
-        }
+        self.heatmap_geometry = heatmap_geometry
 
     def __call__(
-        self,
-        source: SourceImage,
-        landmarks: np.ndarray,
-        rng: np.random.Generator | None,
-        out: dict[str, np.ndarray] | None = None,
+        self, source: SourceImage, landmarks: np.ndarray, rng: np.random.Generator | None
     ) -> tuple[dict[str, np.ndarray], SampleTransform]:
         """Makes one sample.
 
@@ -179,28 +145,33 @@ class SampleGenerator:
             landmarks: (N, dim) physical landmarks of the source, order (x, y[, z]); NaN rows = missing.
             rng: Generator for every random draw of this sample (spatial first, then intensity), or None
                 for the validation chain (no randomness).
-            out: Optional arrays to write the sample into (as described by `array_spec`, e.g. views of a
-                loader's batch buffer), so that the ~10 MB of heatmaps of a hand sample are not allocated
-                and copied again; a missing key is allocated (without "heatmap_windows", the heatmaps are
-                cleared whole).
 
         Returns:
-            arrays: {"image": (*output.shape, 1) float32, "heatmaps": (*heatmap shape, N) float32 with
-                peak 1, "mask": (N,) float32: 1 where the landmark is present and inside the heatmap grid,
-                0 where it is missing or mapped outside (its heatmap is then all zero)}; the arrays of `out`
-                where given;
+            arrays: {"image": (*output.shape, 1) float32, "points": (N, dim) float32 heatmap index
+                coordinates (x, y[, z]), "mask": (N,) float32: 1 where the landmark is present and inside
+                the heatmap grid, 0 where it is missing (its point is then 0) or mapped outside};
             transform: the sample's `SampleTransform` (output physical = output pixels <-> source physical).
         """
-        out = out or {}
         transform = self.spatial.sample(source.geometry, self.output, rng)
-        image = out["image"] if "image" in out else np.empty((*self.output.shape, 1), np.float32)
+        image = np.empty((*self.output.shape, 1), np.float32)
         warp(source.warp_source, transform, out=image[..., 0])
         self.intensity(image[..., 0], rng, out=image[..., 0])
-        points = self.heatmap_geometry.physical_to_index(transform.input_to_output(landmarks))
-        size = np.asarray(self.heatmap_geometry.size)
-        inside = np.all((points >= -0.5) & (points <= size - 0.5), axis=1)  # NaN compares False
-        heatmaps = gaussian_heatmaps(points, self.heatmap_geometry.shape, self.sigma, out=out.get("heatmaps"),
-                                     windows=out.get("heatmap_windows"))
-        mask = out["mask"] if "mask" in out else np.empty(inside.shape, np.float32)
-        mask[...] = inside
-        return {"image": image, "heatmaps": heatmaps, "mask": mask}, transform
+        points, mask = heatmap_points(self.heatmap_geometry, transform.input_to_output(landmarks))
+        return {"image": image, "points": points, "mask": mask}, transform
+
+
+def heatmap_points(heatmap_geometry: Geometry, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Output physical points -> (heatmap index points, mask), as the model's target renderer takes them.
+
+    Args:
+        heatmap_geometry: The heatmap grid in output physical space.
+        points: (N, dim) output physical coordinates (x, y[, z]); NaN rows = missing.
+
+    Returns:
+        (N, dim) float32 heatmap index coordinates with NaN replaced by 0, and (N,) float32 mask: 1 for a
+        present point within half a voxel of the grid, else 0.
+    """
+    index = heatmap_geometry.physical_to_index(points)
+    size = np.asarray(heatmap_geometry.size)
+    inside = np.all((index >= -0.5) & (index <= size - 0.5), axis=1)  # NaN compares False
+    return np.nan_to_num(index, nan=0.0).astype(np.float32), inside.astype(np.float32)

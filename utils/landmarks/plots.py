@@ -18,7 +18,9 @@ from matplotlib.figure import Figure
 
 from utils.io.atomic import atomic_path
 
-__all__ = ["plot_landmarks", "plot_heatmaps", "plot_error_distribution", "plot_training_curves"]
+__all__ = [
+    "plot_error_distribution", "plot_heatmaps", "plot_landmarks", "plot_sigmas", "plot_training_curves"
+]
 
 DPI = 100  # pixels per inch of every PNG written here
 IMAGE_WIDTH_INCHES = 6.0  # width of image figures; the height follows the image aspect ratio
@@ -302,5 +304,32 @@ def plot_training_curves(path: str | os.PathLike, history: Mapping[str, Sequence
         axes.set_title("training loss" if panel == "loss" else "validation metrics")
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize=8)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def plot_sigmas(path: str | os.PathLike, iterations: Sequence[int], sigmas: np.ndarray) -> None:
+    """Writes a PNG of learned sigmas: each landmark's sigma against iteration (left) and the last values
+    per landmark (right), both in heatmap pixels.
+
+    Args:
+        path: Output PNG file; written atomically, parent folders created.
+        iterations: (T,) iterations of the records.
+        sigmas: (T, N) sigma of each landmark at each record.
+
+    Raises:
+        ValueError: If `sigmas` is not (T, N) with T = len(iterations) >= 1.
+    """
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    if sigmas.ndim != 2 or sigmas.shape[0] != len(iterations) or sigmas.shape[0] == 0:
+        raise ValueError(f"sigmas must have shape (T, N) with T = {len(iterations)} >= 1 records, "
+                         f"got {sigmas.shape}")
+    figure = _new_figure((12, 4))
+    curves, bars = figure.subplots(1, 2)
+    curves.plot(np.asarray(iterations), sigmas, linewidth=1)
+    curves.set(xlabel="iteration", ylabel="sigma [heatmap px]", title=f"learned sigmas of {sigmas.shape[1]} "
+               "landmarks")
+    bars.bar(np.arange(sigmas.shape[1]), sigmas[-1], color="tab:blue")
+    bars.set(xlabel="landmark", ylabel="sigma [heatmap px]", title=f"at iteration {iterations[-1]}")
     figure.tight_layout()
     _save(figure, path)

@@ -20,13 +20,18 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 
+from utils.data.sample import heatmap_points
 from utils.io.atomic import write_json_atomic, write_text_atomic
 from utils.io.landmarks import write_landmarks_csv
 from utils.landmarks.decode import decode_heatmaps
 from utils.landmarks.plots import plot_error_distribution, plot_heatmaps, plot_landmarks
 from utils.landmarks.statistics import format_statistics, landmark_statistics, point_errors, summarize_folds
+from utils.landmarks.targets import GaussianTargets
+from utils.training.loss import heatmap_l2_loss
 
-__all__ = ["Evaluation", "evaluate", "main_figures", "mean_shape_errors", "predict", "summarize"]
+__all__ = [
+    "Evaluation", "evaluate", "main_figures", "mean_shape_errors", "predict", "summarize", "validation_loss"
+]
 
 
 class ValidationSampleLike(Protocol):
@@ -70,9 +75,10 @@ def main_figures(stats: Mapping) -> dict[str, float | None]:
         stats: `landmark_statistics` output.
 
     Returns:
-        {"pe_mean", "pe_median", "ipe_mean", "outliers_<t>mm_percent" per threshold t}: values in mm or %.
+        {"pe_mean", "pe_median", "ipe_mean", "outliers_<t>mm_percent" per threshold t}: values in mm or %;
+        with "loss" when the test computed the validation loss.
     """
-    figures = {key: stats[key] for key in ("pe_mean", "pe_median", "ipe_mean")}
+    figures = {key: stats[key] for key in ("pe_mean", "pe_median", "ipe_mean", "loss") if key in stats}
     for threshold, percent in stats["outlier_percent"].items():
         figures[f"outliers_{threshold}mm_percent"] = percent
     return figures
@@ -109,6 +115,7 @@ def evaluate(
     batch_size: int = 8,
     num_plots: int = 4,
     name: str = "test",
+    targets: GaussianTargets | None = None,
 ) -> Evaluation:
     """Predicts, scores and writes one test of `network` on the validation samples.
 
@@ -121,6 +128,9 @@ def evaluate(
         batch_size: images per forward pass.
         num_plots: number of samples drawn with their predicted and true landmarks.
         name: label of the error-distribution curve.
+        targets: the model's target renderer: if given, the validation loss (the training loss's heatmap
+            term) and the sigmas are added to the statistics ("loss"; "sigmas": N values in heatmap pixels,
+            in landmark order, or N lists of per-axis values when anisotropic).
 
     Returns:
         The predictions, errors and statistics.
@@ -143,6 +153,9 @@ def evaluate(
     scale = np.array([sample.mm_scale for sample in samples], dtype=np.float64)
     errors = point_errors(predicted, target, scale)
     stats = landmark_statistics(errors)
+    if targets is not None:
+        stats["loss"] = validation_loss(heatmaps, samples, targets)
+        stats["sigmas"] = keras.ops.convert_to_numpy(targets.sigma).tolist()
     ids = [sample.id for sample in samples]
     write_landmarks_csv(
         folder / "prediction.csv",
@@ -162,6 +175,28 @@ def evaluate(
             title=sample.id,
         )
     return Evaluation(ids=ids, predicted=predicted, target=target, errors=errors, stats=stats)
+
+
+def validation_loss(heatmaps: np.ndarray, samples: Sequence[ValidationSampleLike], targets: GaussianTargets,
+                    batch_size: int = 8) -> float:
+    """The heatmap term of the training loss on the validation samples (sum of squares / 2 / images).
+
+    Args:
+        heatmaps: (M, [z,] y, x, N) predicted heatmaps of the M samples.
+        samples: The validation samples (their landmarks give the targets, drawn by `targets`).
+        targets: The model's target renderer.
+        batch_size: Targets drawn at a time.
+    """
+    total = 0.0
+    for start in range(0, len(samples), batch_size):
+        points, mask = zip(*[heatmap_points(sample.heatmap_geometry, sample.transform.input_to_output(
+            np.asarray(sample.landmarks, dtype=np.float64))) for sample in samples[start:start + batch_size]],
+            strict=True)
+        points, mask = np.stack(points), np.stack(mask)
+        target = targets([points, mask])
+        part = heatmaps[start:start + batch_size]
+        total += float(heatmap_l2_loss(target, part.astype(np.float32), mask)) * len(part)
+    return total / len(samples)
 
 
 def mean_shape_errors(mean_shape: np.ndarray, samples: Sequence[ValidationSampleLike]) -> np.ndarray:

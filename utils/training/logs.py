@@ -1,9 +1,9 @@
 """Training logs: losses and test errors per iteration, as JSON/CSV (always) and TensorBoard (when possible).
 
-``history.json`` holds ``{"train": [{"iteration", "loss", "iterations_per_s", "data_wait"}, ...], "test":
-[{"iteration", <error name>: value, ...}, ...]}`` (data_wait: the share of the time spent waiting for
-batches); ``history.csv`` the same numbers in long form (``iteration,tag,value``);
-``training_curves.png`` plots them.
+``history.json`` holds ``{"train": [{"iteration", "loss", "iterations_per_s", "data_wait"[, "sigma_<n>",
+...]}, ...], "test": [{"iteration", <error name>: value, ...}, ...]}`` (data_wait: the share of the time
+spent waiting for batches; sigma_<n>: learned sigmas); ``history.csv`` the same numbers in long form
+(``iteration,tag,value``); ``training_curves.png`` plots them.
 TensorBoard event files go to the run's ``logs/`` folder through ``tf.summary.write`` with the scalar
 plugin's metadata (so the `tensorboard` package is needed only to view them, not to write them); this is
 the only TensorFlow-specific code of the project, used with any Keras backend when TensorFlow can be
@@ -74,13 +74,16 @@ class TrainingLog:
                 tf.summary.write(f"{prefix}/{name}", tf.constant(value, tf.float32), iteration, metadata)
         self._writer.flush()
 
-    def add_train(self, iteration: int, loss: float, iterations_per_s: float, data_wait: float) -> None:
-        """Records the mean training loss of the iterations since the previous record, the speed, and the
-        share of that time spent waiting for batches (near 0 when the loader keeps up with the steps)."""
+    def add_train(self, iteration: int, loss: float, iterations_per_s: float, data_wait: float,
+                  extra: Mapping[str, float] | None = None) -> None:
+        """Records the mean training loss of the iterations since the previous record, the speed, the
+        share of that time spent waiting for batches (near 0 when the loader keeps up with the steps), and
+        `extra` scalars (e.g. {"sigma_0": 3.1, ...}, the learned sigmas)."""
         row = {"iteration": int(iteration), "loss": float(loss), "iterations_per_s": float(iterations_per_s),
-               "data_wait": float(data_wait)}
+               "data_wait": float(data_wait), **{name: float(value) for name, value in (extra or {}).items()}}
         self.train.append(row)
-        self._scalars(iteration, "train", {"loss": row["loss"], "data_wait": row["data_wait"]})
+        self._scalars(iteration, "train", {k: v for k, v in row.items() if k not in ("iteration",
+                                                                                     "iterations_per_s")})
 
     def add_test(self, iteration: int, errors: Mapping[str, float]) -> None:
         """Records the scalar errors of a test (e.g. {"pe_mean": 1.2}) and saves the history."""

@@ -1,13 +1,10 @@
-"""The training loop: masked heatmap regression with checkpoints, tests, progress output and logs.
+"""The training loop: heatmap regression with checkpoints, tests, progress output and logs.
 
-It works with every Keras backend (tensorflow, jax, torch): the network is wrapped in a training model
-``[image, mask] -> network(image) * mask`` whose masked output is compared with the target heatmaps by the
-L2 heatmap loss, so a missing landmark (mask 0, all-zero target) contributes nothing on any backend. Weight
-decay comes from the network's kernel regularisers, which Keras adds to the loss.
-
-The training data come from a function ``batches(start)`` that returns an endless iterator of batches
-``{"image": (B, [z,] y, x, 1), "heatmaps": (B, [z,] y, x, N), "mask": (B, N)}`` beginning with batch number
-`start` (0-based), so that a resumed run sees the same batches as an uninterrupted one.
+It trains a `utils.training.model.HeatmapTrainer` (network + targets drawn in the graph + loss) with any
+Keras backend. The training data come from a function ``batches(start)`` that returns an endless iterator of
+batches ``{"image": (B, [z,] y, x, 1), "points": (B, N, dim), "mask": (B, N), ...}`` beginning with batch
+number `start` (0-based), so that a resumed run sees the same batches as an uninterrupted one. Learned sigmas
+are reported on every progress line, recorded in the history (``sigma_<n>``) and plotted (``sigmas.png``).
 """
 
 from __future__ import annotations
@@ -18,88 +15,18 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import keras
 import numpy as np
 
+from utils.landmarks.plots import plot_sigmas
 from utils.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from utils.training.logs import TrainingLog
-from utils.training.loss import heatmap_l2_loss
+from utils.training.model import HeatmapTrainer
 from utils.training.output import RunFolder
 
-__all__ = [
-    "MaskHeatmaps",
-    "NonFiniteLossError",
-    "Schedule",
-    "compile_training_model",
-    "make_optimizer",
-    "train",
-]
+__all__ = ["NonFiniteLossError", "Schedule", "train"]
 
-Batch = Mapping[str, np.ndarray]
-
-
-@keras.saving.register_keras_serializable(package="landmarks")
-class MaskHeatmaps(keras.layers.Layer):
-    """Multiplies every heatmap channel by its landmark's mask value, broadcast over the spatial axes.
-
-    Input shape:
-        ``[heatmaps, mask]``: heatmaps (B, [z,] y, x, N), mask (B, N) (1 = present, 0 = missing).
-
-    Output shape:
-        (B, [z,] y, x, N), the heatmaps with the channels of missing landmarks set to 0.
-    """
-
-    def call(self, inputs):
-        heatmaps, mask = inputs
-        mask = keras.ops.cast(mask, heatmaps.dtype)
-        spatial = len(heatmaps.shape) - 2
-        return heatmaps * keras.ops.reshape(mask, (-1,) + (1,) * spatial + (mask.shape[-1],))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[0]
-
-
-def training_model(network: keras.Model) -> keras.Model:
-    """The model that is trained: ``[image, mask] -> network(image) * mask`` (see `MaskHeatmaps`).
-
-    Args:
-        network: a heatmap network, input (B, [z,] y, x, 1), output (B, [z,] y, x, N).
-
-    Returns:
-        A model sharing the network's weights, inputs ``[image, mask]`` with mask (B, N).
-    """
-    num_landmarks = network.output.shape[-1]
-    image = keras.Input(shape=network.input.shape[1:], name="image")
-    mask = keras.Input(shape=(num_landmarks,), name="mask")
-    masked = MaskHeatmaps(name="mask_heatmaps")([network(image), mask])
-    return keras.Model([image, mask], masked, name=f"{network.name}_training")
-
-
-def make_optimizer(name: str, learning_rate: float, momentum: float = 0.99) -> keras.optimizers.Optimizer:
-    """The optimizer of the experiment.
-
-    Args:
-        name: "sgd" (SGD with Nesterov momentum, as in the paper) or "adam".
-        learning_rate: step size (the paper's SGD uses 1e-7 for its sum-of-squares loss).
-        momentum: SGD momentum (paper: 0.99); ignored by Adam.
-
-    Raises:
-        ValueError: for an unknown name or a non-positive learning rate.
-    """
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be positive, got {learning_rate}")
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, nesterov=True)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate)
-    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
-
-
-def compile_training_model(network: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:
-    """`training_model` compiled with the L2 heatmap loss (sum of squares / 2 / batch size)."""
-    model = training_model(network)
-    model.compile(optimizer=optimizer, loss=heatmap_l2_loss)
-    return model
+Batch = Mapping[str, Any]
+INPUTS = ("image", "points", "mask")  # the batch entries the model takes
 
 
 class NonFiniteLossError(RuntimeError):
@@ -140,8 +67,27 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def _sigma_record(model: HeatmapTrainer) -> dict[str, float]:
+    """{"sigma_<n>": value} of learned sigmas ("sigma_<n>_<axis>" when anisotropic); {} when fixed."""
+    if not model.targets.learn_sigma:
+        return {}
+    sigmas = model.sigmas()
+    if sigmas.ndim == 1:
+        return {f"sigma_{n}": float(value) for n, value in enumerate(sigmas)}
+    return {f"sigma_{n}_{axis}": float(value) for (n, axis), value in np.ndenumerate(sigmas)}
+
+
+def _plot_sigmas(history: TrainingLog) -> None:
+    """``sigmas.png`` from the history's sigma records (nothing when the sigmas are fixed)."""
+    rows = [row for row in history.train if any(name.startswith("sigma_") for name in row)]
+    if rows:
+        names = [name for name in rows[-1] if name.startswith("sigma_")]
+        values = np.array([[row.get(name, np.nan) for name in names] for row in rows])
+        plot_sigmas(history.run.root / "sigmas.png", [row["iteration"] for row in rows], values)
+
+
 def train(
-    model: keras.Model,
+    model: HeatmapTrainer,
     batches: Callable[[int], Iterator[Batch]],
     run: RunFolder,
     schedule: Schedule,
@@ -153,7 +99,7 @@ def train(
     """Trains `model` for `schedule.max_iter` iterations, testing and saving on the way.
 
     Args:
-        model: a model from `compile_training_model`.
+        model: a compiled `HeatmapTrainer`.
         batches: ``batches(start)`` -> endless iterator of batches starting at batch number `start`.
         run: the run folder (checkpoints, logs and history are written there).
         schedule: iterations to train, test and save at.
@@ -200,7 +146,7 @@ def train(
             asked = time.perf_counter()
             batch = next(iterator)
             window_wait += time.perf_counter() - asked  # the loader fell behind the training step
-            logs = model.train_on_batch([batch["image"], batch["mask"]], batch["heatmaps"], return_dict=True)
+            logs = model.train_on_batch({key: batch[key] for key in INPUTS}, return_dict=True)
             loss = float(logs["loss"])
             if not math.isfinite(loss):
                 where = f"the last good checkpoint {last_good} is kept" if last_good else "no checkpoint yet"
@@ -217,11 +163,14 @@ def train(
                 eta = (schedule.max_iter - iteration) / max(speed, 1e-9)
                 mean_loss = float(np.mean(window_losses))
                 data_wait = window_wait / max(now - window_start, 1e-9)
+                sigmas = _sigma_record(model)
+                shown = (f"  sigma {np.mean(list(sigmas.values())):.2f} ({min(sigmas.values()):.2f}-"
+                         f"{max(sigmas.values()):.2f})" if sigmas else "")
                 log(
-                    f"iter {iteration:>7d}/{schedule.max_iter}  loss {mean_loss:.4g}  "
+                    f"iter {iteration:>7d}/{schedule.max_iter}  loss {mean_loss:.4g}{shown}  "
                     f"{speed:.2f} it/s  data wait {100 * data_wait:.0f}%  ETA {_duration(eta)}"
                 )
-                history.add_train(iteration, mean_loss, speed, data_wait)
+                history.add_train(iteration, mean_loss, speed, data_wait, sigmas)
                 window_start, window_losses, window_wait = now, [], 0.0
             if iteration % schedule.snapshot_iter == 0 or iteration == schedule.max_iter:
                 last_good = save_checkpoint(run.checkpoints, model, iteration, state)
@@ -237,4 +186,5 @@ def train(
         raise
     history.save()
     history.plot()
+    _plot_sigmas(history)
     return history
