@@ -35,19 +35,18 @@ from utils.io.id_list import read_id_list
 from utils.io.image import read_image
 from utils.io.landmarks import read_landmarks_csv
 from utils.landmarks.statistics import reference_distance_scale
-from utils.transforms.geometry import Geometry
-from utils.transforms.intensity import IntensityAugmentation
-from utils.transforms.spatial import (
+from utils.transforms.affine import (
     CenterToOrigin,
     FitToOutput,
     OriginToOutputCenter,
-    RandomBSplineDeformation,
     RandomRotate,
     RandomScale,
     RandomTranslate,
-    SampleTransform,
-    SpatialAugmentation,
 )
+from utils.transforms.bspline import RandomBSplineDeformation
+from utils.transforms.geometry import Geometry
+from utils.transforms.intensity import IntensityAugmentation
+from utils.transforms.spatial import SampleTransform, SpatialAugmentation
 
 __all__ = ["AUGMENTATION_2D", "AUGMENTATION_3D", "DATA_SPECS", "HAND_XRAY", "PHYSICAL", "DataSpec", "Dataset",
            "ValidationSample", "spatial_chain"]
@@ -110,7 +109,9 @@ def spatial_chain(translation: float, rotation: float, scaling: tuple[float, flo
     """The spatial chain: image centre to the origin, fit to the output keeping the aspect ratio, random
     translation (output pixels), rotation (radians) and scaling (relative isotropic, per-axis), origin to the
     output centre, then a random B-spline deformation (nodes per axis, output pixels). Validation samples
-    take it without its random parts."""
+    take it without its random parts. Edit it to change the chain: `utils.transforms.affine` also has fixed
+    `Translate`, `Rotate`, `Scale`, `Flip` and a `RandomFlip` (which keeps the landmark order: use it only
+    for data whose landmarks have no left/right identity)."""
     return SpatialAugmentation(
         [CenterToOrigin(), FitToOutput(keep_aspect=True), RandomTranslate(translation),
          RandomRotate(rotation), RandomScale(*scaling), OriginToOutputCenter()],

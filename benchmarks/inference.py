@@ -35,14 +35,9 @@ from benchmarks.training import NUM_LANDMARKS, QUICK_SIZE, Size, preset_size  # 
 from network import NETWORKS, build_network, heatmap_factor  # noqa: E402
 from utils.landmarks.decode import decode_heatmaps  # noqa: E402
 from utils.training.evaluation import predict  # noqa: E402
+from utils.transforms.affine import CenterToOrigin, FitToOutput, OriginToOutputCenter  # noqa: E402
 from utils.transforms.geometry import Geometry  # noqa: E402
-from utils.transforms.spatial import (  # noqa: E402
-    CenterToOrigin,
-    FitToOutput,
-    OriginToOutputCenter,
-    SampleTransform,
-    SpatialAugmentation,
-)
+from utils.transforms.spatial import SampleTransform, SpatialAugmentation  # noqa: E402
 
 # --- parameters --------------------------------------------------------------------------------------------
 ORIGINAL_SIZE = (1500, 2000)  # original radiograph size (x, y), pixels: within the real 1200-1600 x 1900-2350

@@ -10,18 +10,18 @@ from utils.io.image import read_image
 from utils.io.landmarks import read_landmarks_csv
 from utils.landmarks.decode import decode_heatmaps
 from utils.landmarks.targets import gaussian_targets
-from utils.transforms.geometry import Geometry
-from utils.transforms.intensity import IntensityAugmentation
-from utils.transforms.spatial import (
+from utils.transforms.affine import (
     CenterToOrigin,
     FitToOutput,
     OriginToOutputCenter,
-    RandomBSplineDeformation,
     RandomRotate,
     RandomScale,
     RandomTranslate,
-    SpatialAugmentation,
 )
+from utils.transforms.bspline import RandomBSplineDeformation
+from utils.transforms.geometry import Geometry
+from utils.transforms.intensity import IntensityAugmentation
+from utils.transforms.spatial import SpatialAugmentation
 
 
 def full_chain(deformation_nodes: int, max_displacement: float) -> SpatialAugmentation:

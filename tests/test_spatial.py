@@ -1,27 +1,25 @@
-"""Tests for utils.transforms.spatial: affine steps, B-spline deformation, sample transforms, resampling."""
+"""Tests of utils.transforms.affine, .bspline and .spatial: steps, deformation, transforms, resampling."""
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from utils.transforms.geometry import Geometry
-from utils.transforms.spatial import (
-    BSplineDisplacement,
+from utils.transforms.affine import (
     CenterToOrigin,
     FitToOutput,
     Flip,
     OriginToOutputCenter,
-    RandomBSplineDeformation,
     RandomFlip,
     RandomRotate,
     RandomScale,
     RandomTranslate,
     Rotate,
-    SampleTransform,
     Scale,
-    SpatialAugmentation,
     Translate,
 )
+from utils.transforms.bspline import BSplineDisplacement, RandomBSplineDeformation
+from utils.transforms.geometry import Geometry
+from utils.transforms.spatial import SampleTransform, SpatialAugmentation
 
 
 def _rotated_direction(dim: int, seed: int) -> tuple[float, ...]:

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from utils.transforms.geometry import Geometry
-from utils.transforms.spatial import (
+from utils.transforms.affine import (
     CenterToOrigin,
     FitToOutput,
     OriginToOutputCenter,
-    RandomBSplineDeformation,
     RandomRotate,
     RandomScale,
     RandomTranslate,
-    SpatialAugmentation,
 )
+from utils.transforms.bspline import RandomBSplineDeformation
+from utils.transforms.geometry import Geometry
+from utils.transforms.spatial import SpatialAugmentation
 from utils.transforms.warp import WarpSource, block_average, block_average_factor, warp
 
 
