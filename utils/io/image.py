@@ -54,10 +54,40 @@ def _reason(error: RuntimeError) -> str:
     return re.sub(r"^(ITK ERROR: \w+\(0x[0-9a-fA-F]+\): |sitk::ERROR: )", "", text)
 
 
+_NDIMS = re.compile(rb"^[ \t]*NDims[ \t]*[=:][ \t]*(\S*)")
+
+
+def _check_metaimage_ndims(path: Path) -> None:
+    """Refuses a MetaImage header whose NDims is not a whole number from 1 to 5, before SimpleITK reads it.
+
+    ITK's MetaImage reader crashes the process (segmentation fault) on such a header, e.g. "NDims = -3"
+    followed by "ElementSpacing = 1 1" (SimpleITK 2.5, found by tests/test_fuzz_readers.py), so the header
+    lines up to "ElementDataFile" are looked at here first.
+    """
+    if path.suffix.lower() not in (".mha", ".mhd"):
+        return
+    try:
+        with path.open("rb") as file:
+            for _ in range(10_000):  # the header is a few dozen lines; bounded for binary junk
+                line = file.readline(1 << 16)
+                if not line or line.lstrip().startswith(b"ElementDataFile"):
+                    break
+                match = _NDIMS.match(line)
+                if match and not (match.group(1).isdigit() and 1 <= int(match.group(1)) <= 5):
+                    value = match.group(1).decode("utf-8", errors="replace")
+                    raise DataError(
+                        f"cannot read the header of image {path}: NDims = {value!r} is not a whole number "
+                        "from 1 to 5", path=path,
+                    )
+    except OSError as error:
+        raise DataError(f"cannot read image {path}: {error.strerror or error}", path=path) from error
+
+
 def _open(path: Path) -> tuple[sitk.ImageFileReader, ImageHeader]:
     """Reads the header of `path`; returns the reader (ready to decode the pixels) and the checked header."""
     if not path.is_file():
         raise missing_file(path, "image file")
+    _check_metaimage_ndims(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
