@@ -1,4 +1,10 @@
-"""Atomic file writing: a file is either the complete old one or the complete new one, never half-written."""
+"""Atomic file writing: a file is either the complete old one or the complete new one, never half-written.
+
+The new content goes to a hidden temporary sibling (`.<stem>.<random>.tmp<suffix>`), is flushed to disk
+(`fsync`) and then renamed over the target, and the rename is flushed too; so neither an exception (a full
+disk), a killed process nor a power cut leaves a half-written file under the target's name. A process killed
+while writing may leave its hidden temporary file behind (see `utils.training.checkpoint` for a cleanup).
+"""
 
 from __future__ import annotations
 
@@ -35,9 +41,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes the file private; outputs get the usual mode
     try:
         yield temporary
+        _fsync(temporary)
         os.replace(temporary, path)
+        _fsync(path.parent)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flushes a file's data, or a folder's entries (POSIX only), to disk."""
+    flags = os.O_RDONLY
+    if os.name != "posix":  # Windows: fsync needs a writable handle, and a folder cannot be opened
+        if path.is_dir():
+            return
+        flags = os.O_RDWR
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
