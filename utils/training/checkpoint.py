@@ -7,15 +7,18 @@ A checkpoint is ``checkpoints/ckpt_<iteration, 8 digits>.npz`` in the run folder
 - ``state``: a JSON string with the iteration and the loader state (seed, position), so that a resumed run
   continues at the same iteration with the same data order.
 
-Files are written through a temporary file and renamed, so every ``ckpt_*.npz`` present is complete; the
-newest one is the last good state. Only NumPy arrays are stored, so a checkpoint is independent of the
-Keras backend that wrote it.
+Files are written through a hidden temporary file that is flushed to disk and then renamed
+(`utils.io.atomic`), so every ``ckpt_*.npz`` present is complete and the newest one is the last good state:
+a failed write (a full disk, a killed process) leaves the previous checkpoints as they were, and its
+temporary file is never taken for a checkpoint; the next successful save deletes any such leftover. Only
+NumPy arrays are stored, so a checkpoint is independent of the Keras backend that wrote it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +28,12 @@ import keras
 import numpy as np
 
 from utils.io.atomic import atomic_path
+from utils.io.errors import DataError
 
 __all__ = ["Checkpoint", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
 
 _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
+_TEMPORARY = ".ckpt_*.tmp.npz"  # what `atomic_path` names its temporary files while a checkpoint is written
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ def save_checkpoint(
     Raises:
         ValueError: if a weight is not finite (a diverged model is never saved over a good state) or
             `keep` < 1.
+        OSError: if writing fails (e.g. the disk is full); the checkpoints already there are untouched and
+            no partial file is left.
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
@@ -90,6 +97,8 @@ def save_checkpoint(
         np.savez(temporary, **arrays)
     for old in _checkpoints(folder)[:-keep]:
         old.unlink()
+    for leftover in folder.glob(_TEMPORARY):  # from a process killed while saving (one run, one writer)
+        leftover.unlink(missing_ok=True)
     return path
 
 
@@ -124,6 +133,7 @@ def load_checkpoint(path: str | Path, model: keras.Model) -> Checkpoint:
 
     Raises:
         FileNotFoundError: if there is no checkpoint at `path`.
+        DataError: if the file is not a readable checkpoint (damaged, or not written by `save_checkpoint`).
         ValueError: if the numbers of weights or optimizer variables or their shapes do not match.
     """
     path = Path(path)
@@ -134,10 +144,15 @@ def load_checkpoint(path: str | Path, model: keras.Model) -> Checkpoint:
         path = found
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    with np.load(path) as data:
-        weights = _numbered(data, "weight_")
-        slots = _numbered(data, "optimizer_")
-        state = json.loads(str(data["state"]))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            weights = _numbered(data, "weight_")
+            slots = _numbered(data, "optimizer_")
+            state = json.loads(str(data["state"]))
+        if not isinstance(state, dict) or not isinstance(state.get("iteration"), int):
+            raise ValueError(f"its state {state!r} has no iteration")
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise DataError(f"checkpoint {path} cannot be read: {error}", path=path) from error
     expected = model.get_weights()
     if [w.shape for w in weights] != [w.shape for w in expected]:
         raise ValueError(
