@@ -1,18 +1,24 @@
-"""Crash safety of checkpoints: a failed or interrupted save never costs the previous checkpoint."""
+"""Reliability of run outputs: a failed or interrupted checkpoint save never costs the previous checkpoint,
+and every run folder records the software it ran with."""
 
 from __future__ import annotations
 
 import errno
 import io
+import json
 import os
+import platform
 
 import keras
+import numba
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from utils.io.errors import DataError
 from utils.training import checkpoint
 from utils.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from utils.training.output import RunFolder, software_environment
 
 
 def small_model(seed: int) -> keras.Model:
@@ -104,3 +110,18 @@ def test_a_damaged_checkpoint_raises_data_error_naming_it(tmp_path, damage):
     with pytest.raises(DataError, match="ckpt_00000100.npz cannot be read") as raised:
         load_checkpoint(path, small_model(seed=1))
     assert raised.value.path == path
+
+
+def test_run_folder_records_the_software_environment(tmp_path):
+    run = RunFolder.create(tmp_path, "scn_cv1", {"seed": 0}, stamp="2024-01-01_00-00-00")
+    recorded = json.loads(run.environment.read_text())
+    assert run.environment == run.root / "environment.json"
+    assert recorded == software_environment()
+    assert recorded["python"] == platform.python_version()
+    assert recorded["keras"] == keras.__version__
+    assert recorded["keras_backend"] == keras.backend.backend()
+    assert recorded["keras_backend_version"]  # e.g. tensorflow's version
+    assert recorded["numpy"] == np.__version__
+    assert recorded["SimpleITK"] == sitk.__version__
+    assert recorded["numba"] == numba.__version__
+    assert recorded["platform"] == platform.platform()

@@ -6,6 +6,8 @@ Layout (GUIDE section 3)::
         summary.json                       statistics of every fold, their mean ± std and the pooled figures
         <network>_<fold>/<timestamp>/      one run
             config.json                    the resolved parameters of the run
+            environment.json               versions of Python, Keras and its backend, NumPy, ... (see
+                                           `software_environment`)
             main.py dataset.py network.py  copies of the scripts that ran
             checkpoints/                   see utils.training.checkpoint
             logs/                          TensorBoard event files
@@ -20,8 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib
 import json
+import platform
 import shutil
+import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -31,7 +36,9 @@ from typing import Any, TypeVar
 
 from utils.io.atomic import atomic_path, write_json_atomic
 
-__all__ = ["RunFolder", "config_from_dict", "config_to_dict", "read_config", "timestamp"]
+__all__ = [
+    "RunFolder", "config_from_dict", "config_to_dict", "read_config", "software_environment", "timestamp",
+]
 
 T = TypeVar("T")
 
@@ -39,6 +46,41 @@ T = TypeVar("T")
 def timestamp(now: datetime.datetime | None = None) -> str:
     """A sortable folder name for the start time of a run, e.g. "2024-05-01_13-45-07" (local time)."""
     return (now or datetime.datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _version(module: str) -> str | None:
+    """The `__version__` of an importable module, or None when it is not installed."""
+    try:
+        return str(importlib.import_module(module).__version__)
+    except (ImportError, AttributeError):
+        return None
+
+
+def software_environment() -> dict[str, str | None]:
+    """The software a run depends on, to reproduce it or explain a difference between two runs.
+
+    Returns:
+        Versions of Python, Keras, the Keras backend (its name and version), NumPy, SimpleITK and numba
+        (None for one not installed), the platform, the machine and the Python executable, e.g.
+        {"python": "3.11.9",
+        "keras": "3.15.1", "keras_backend": "tensorflow", "keras_backend_version": "2.21.0", ...}.
+    """
+    import keras  # here, not at the top: reading configs must not start a backend
+
+    backend = keras.backend.backend()
+    return {
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "keras": keras.__version__,
+        "keras_backend": backend,
+        "keras_backend_version": _version(backend),
+        "numpy": _version("numpy"),
+        "SimpleITK": _version("SimpleITK"),
+        "numba": _version("numba"),
+        "executable": sys.executable,
+    }
 
 
 @dataclass(frozen=True)
@@ -60,7 +102,7 @@ class RunFolder:
         scripts: Iterable[str | Path] = (),
         stamp: str | None = None,
     ) -> RunFolder:
-        """Creates a new run folder, writes ``config.json`` and copies the scripts into it.
+        """Creates a new run folder, writes ``config.json`` and ``environment.json``, and copies the scripts.
 
         Args:
             output: the experiment output folder.
@@ -85,6 +127,7 @@ class RunFolder:
         run.checkpoints.mkdir(parents=True)
         run.logs.mkdir()
         write_json_atomic(run.config, dict(config))
+        write_json_atomic(run.environment, software_environment())
         for script in scripts:
             script = Path(script)
             if not script.is_file():
@@ -107,6 +150,11 @@ class RunFolder:
     def config(self) -> Path:
         """``config.json``: the resolved parameters."""
         return self.root / "config.json"
+
+    @property
+    def environment(self) -> Path:
+        """``environment.json``: the software versions of the run (see `software_environment`)."""
+        return self.root / "environment.json"
 
     @property
     def checkpoints(self) -> Path:
