@@ -31,6 +31,7 @@ import numpy as np
 from utils.data.cache import LRUCache
 from utils.data.loader import BatchLoader
 from utils.data.sample import SampleGenerator, SourceImage, prepare_source, read_geometry
+from utils.io.errors import DataError
 from utils.io.id_list import read_id_list
 from utils.io.image import read_image
 from utils.io.landmarks import read_landmarks_csv
@@ -162,7 +163,11 @@ class _Samples:
             self.generator.output))
 
     def __call__(self, index: int, rng: np.random.Generator | None) -> dict:
-        arrays, transform = self.generator(self._source(index), self.landmarks[index], rng)
+        try:
+            arrays, transform = self.generator(self._source(index), self.landmarks[index], rng)
+        except Exception as error:  # name the image: the loader only knows the sample's index
+            path, image_id = self.paths[index], self.ids[index]
+            raise DataError(f"image {image_id!r} ({path}): {error}", path=path, image_id=image_id) from error
         if self.validation:
             return {"image": arrays["image"], "transform": transform}
         return {**arrays, "id": self.ids[index]}
@@ -249,7 +254,8 @@ class Dataset:
         for list_name, ids in (("train.txt", self.train_ids), ("test.txt", self.test_ids)):
             for image_id in ids:
                 if image_id not in table:
-                    raise ValueError(f"id {image_id!r} of {split / list_name} has no row in {csv_path}")
+                    raise DataError(f"id {image_id!r} of {split / list_name} has no row in {csv_path}",
+                                    path=split / list_name, image_id=image_id)
                 path = self._image_path(image_id, files)
                 geometry = read_geometry(path, spec.ignore_spacing)
                 if geometry.dim != dim:
@@ -288,7 +294,8 @@ class Dataset:
         if not found:
             raise FileNotFoundError(f"no image file for id {image_id!r} in {self.base_folder / 'images'}")
         if len(found) > 1:
-            raise ValueError(f"several image files for id {image_id!r}: {[p.name for p in found]}")
+            raise DataError(f"several image files for id {image_id!r}: {[p.name for p in found]}",
+                            path=self.base_folder / "images", image_id=image_id)
         return found[0]
 
     def _samples(self, ids: list[str], validation: bool) -> _Samples:

@@ -31,7 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from dataset import DATA_SPECS, Dataset
+from utils.data.loader import LoaderError, SampleError
+from utils.data.validate import ValidationReport, validate_dataset
 from utils.io.atomic import write_json_atomic
+from utils.io.errors import DataError
 from utils.landmarks.statistics import format_fold_table, landmark_statistics
 from utils.synthetic import generate_hand_dataset, generate_volume_dataset
 from utils.training.output import RunFolder, config_to_dict, read_config
@@ -46,7 +49,7 @@ if __name__ != "__mp_main__":
     from utils.data.debug import write_debug_batch
     from utils.landmarks.targets import GaussianTargets
     from utils.training.evaluation import Evaluation, evaluate, mean_shape_errors, summarize
-    from utils.training.loop import Schedule, train
+    from utils.training.loop import NonFiniteLossError, Schedule, train
     from utils.training.model import HeatmapTrainer, make_optimizer
 
 
@@ -60,13 +63,16 @@ class Parameters:
     """The experiment parameters. Coordinates and sizes are in (x, y[, z]) order; units are in the help."""
 
     # ---- I/O ----
-    dataset: str = _field("data/synthetic_hand", "dataset folder (images/, setup/); the default folder gets "
-                          "the synthetic hands when it is empty", metavar="DIR")
+    dataset: str | None = _field(None, "dataset folder (images/, setup/); None: the synthetic phantoms in "
+                                 "data/synthetic_hand (2D) or data/synthetic_volume (3D), generated on the "
+                                 "first run", metavar="DIR")
     output: str = _field("output", "experiment output folder (one subfolder per network and fold)",
                          metavar="DIR")
     save_debug_images: bool = _field(False, "write the first training batch (inputs as .mha and PNG with "
                                      "landmarks, targets as PNG) into each run folder's debug/")
     synthetic_images: int = _field(120, "number of synthetic images generated into an empty dataset folder")
+    generate_synthetic: bool = _field(False, "generate the synthetic phantoms into --dataset when it has no "
+                                      "images (always done for the default folder)")
     # ---- data ----
     dim: int = _field(2, "spatial dimension: 2 (radiographs) or 3 (volumes)", choices=(2, 3))
     data_spec: str | None = _field(None, "what the data is: hand_xray (pixel CSV, spacing ignored, mm from "
@@ -185,6 +191,9 @@ def parser() -> argparse.ArgumentParser:
                        help="parameter preset (default: cpu, see main.py)")
     parse.add_argument("--resume", metavar="RUN_DIR",
                        help="continue a run folder from its last checkpoint, with its config.json")
+    parse.add_argument("--check", action="store_true",
+                       help="only check the parameters and the dataset (every split file, annotation row and "
+                       "image), report every problem, and exit")
     defaults = Parameters()
     for field in dataclasses.fields(Parameters):
         default = getattr(defaults, field.name)
@@ -243,34 +252,55 @@ def folds(cv: str) -> list[str]:
 SCRIPTS = tuple(Path(__file__).resolve().with_name(name) for name in ("main.py", "dataset.py", "network.py"))
 
 
+SYNTHETIC_FOLDERS = {2: "data/synthetic_hand", 3: "data/synthetic_volume"}  # the default datasets
+
+
+def dataset_folder(params: Parameters) -> Path:
+    """The dataset folder of a run: --dataset, or the default synthetic folder of its dimension."""
+    return Path(params.dataset or SYNTHETIC_FOLDERS[params.dim])
+
+
 def prepare_dataset(params: Parameters) -> Path:
-    """The dataset folder; an empty or missing one gets the synthetic data set (hands in 2D, volumes in 3D).
+    """The dataset folder, with the synthetic phantoms generated into it when it is the default folder (or
+    --generate-synthetic is given) and has no images yet.
 
     Raises:
-        FileNotFoundError: if the folder has setup files but no images (real data not yet placed there).
+        FileNotFoundError: The folder has no images and is not to get the phantoms: a mistyped path, or real
+            data not yet placed there. The message says how to get the synthetic data.
     """
-    folder = Path(params.dataset)
+    folder = dataset_folder(params)
     images = folder / "images"
     if images.is_dir() and any(images.iterdir()):
         return folder
-    if (folder / "setup").is_dir() and any((folder / "setup").iterdir()):
+    if params.dataset is not None and not params.generate_synthetic:
+        what = "does not exist" if not folder.exists() else f"has no images in {images}"
+        kind = "hand" if params.dim == 2 else "volume"
         raise FileNotFoundError(
-            f"no images in {images}: place the images there (see {folder / 'README.md'}) or choose another "
-            "--dataset"
-        )
+            f"dataset folder {folder} {what}. Put images/<id>.<ext> and setup/ there (see README.md), or for "
+            f"the synthetic phantoms leave out --dataset, add --generate-synthetic, or run "
+            f"python -m utils.synthetic {kind} {folder}")
     kind = "hand" if params.dim == 2 else "volume"
-    print(
-        f"{images} has no images: generating {params.synthetic_images} synthetic {kind} images into "
-        f"{folder} ..."
-    )
+    print(f"{images} has no images: generating {params.synthetic_images} synthetic {kind} images into "
+          f"{folder} ...")
     generate = generate_hand_dataset if params.dim == 2 else generate_volume_dataset
     generate(folder, num_images=params.synthetic_images, seed=params.seed, progress=True)
-    print(
-        f"Synthetic data set written to {folder.resolve()}. To use real data, put images/<id>.mha, "
-        "setup/all.csv and setup/cv/set<k>/{train,test}.txt into a folder and pass --dataset FOLDER "
-        "(see README.md)."
-    )
+    print(f"Synthetic data set written to {folder.resolve()}. To use real data, put images/<id>.mha, "
+          "setup/all.csv and setup/cv/set<k>/{train,test}.txt into a folder and pass --dataset FOLDER "
+          "(see README.md).")
     return folder
+
+
+def data_spec(params: Parameters) -> str:
+    """The name of the run's `DataSpec`: --data-spec, else hand_xray in 2D and physical in 3D."""
+    return params.data_spec or ("hand_xray" if params.dim == 2 else "physical")
+
+
+def check_dataset(params: Parameters, folds_to_check: str) -> ValidationReport:
+    """Reads every split file, annotation row and image of the dataset once: all problems together."""
+    spec = DATA_SPECS[data_spec(params)]
+    return validate_dataset(dataset_folder(params), num_landmarks=params.num_landmarks, dim=params.dim,
+                            folds=folds_to_check, landmark_units=spec.landmark_units,
+                            ignore_spacing=spec.ignore_spacing)
 
 
 def run_name(network: str, fold: str) -> str:
@@ -300,8 +330,8 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
     model.compile(optimizer=make_optimizer(params.optimizer, params.learning_rate, params.momentum))
     # ---- data: images and points on that grid ----
     with Dataset(
-        params.dataset,
-        spec=params.data_spec or ("hand_xray" if params.dim == 2 else "physical"),
+        dataset_folder(params),
+        spec=data_spec(params),
         image_size=params.image_size,
         heatmap_size=tuple(reversed(heatmap_shape)),
         num_landmarks=params.num_landmarks,
@@ -364,21 +394,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Runs the experiment of the command line; returns the summary (also written to summary.json)."""
     parse = parser()
     args = vars(parse.parse_args(argv))
-    preset, resume = args.pop("preset"), args.pop("resume")
+    preset, resume, check_only = args.pop("preset"), args.pop("resume"), args.pop("check")
+    # ---- everything is checked before anything is written ----
     try:
         if resume:
             saved = read_config(Path(resume) / "config.json", Parameters)
-            runs = [(_replace(saved, args), RunFolder.open(resume))]
+            experiment = _replace(saved, args)
+            runs = [(experiment, RunFolder.open(resume))]
         else:
             experiment = resolve(preset, args)
-            prepare_dataset(experiment)
             runs = []
             for network in experiment.networks:
                 per_network = resolve(preset, args, network)
                 for fold in folds(experiment.cv):
                     runs.append((dataclasses.replace(per_network, cv=fold), None))
+            for network, size in {(p.networks[0], p.image_size) for p, _ in runs}:  # sizes the networks take
+                build_network(network, (*reversed(size), 1), experiment.num_landmarks, num_filters=1)
+        if not check_only:
+            prepare_dataset(experiment)
+        report = check_dataset(experiment, experiment.cv)
     except (ValueError, FileNotFoundError) as error:
         parse.error(str(error))
+    if check_only or not report.ok or report.warnings:
+        print(report.format(), file=sys.stdout if check_only and report.ok else sys.stderr)
+    if not report.ok:
+        sys.exit(f"{len(report.errors)} problem(s) in the dataset {dataset_folder(experiment)}: nothing was "
+                 "run or written. Fix them and run again (--check checks without training).")
+    if check_only:
+        return {}
     results: dict[str, dict[str, Evaluation]] = {}
     baselines: dict[str, dict[str, np.ndarray]] = {}
     for params, run in runs:
@@ -417,3 +460,7 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except KeyboardInterrupt:  # the training loop has saved a checkpoint and said how to resume
         sys.exit("\ninterrupted")
+    except (SampleError, LoaderError, NonFiniteLossError, DataError, OSError) as error:
+        # found mid-run (a broken image, a dead loader worker, divergence, a full disk): the loop has kept
+        # the last checkpoint and said how to resume; no traceback, the message names the culprit
+        sys.exit(f"\nerror: {error}")

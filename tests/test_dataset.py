@@ -7,6 +7,7 @@ import SimpleITK as sitk
 
 from dataset import Dataset
 from utils.data.debug import write_debug_batch
+from utils.io.errors import DataError
 from utils.io.landmarks import write_landmarks_csv
 from utils.landmarks.decode import decode_heatmaps
 from utils.landmarks.targets import GaussianTargets
@@ -102,7 +103,7 @@ def test_errors_name_the_file_or_id(tmp_path):
     with pytest.raises(ValueError, match=r"several image files for id 'case1'"):
         make(tmp_path, 2)
     (tmp_path / "images" / "case1.png").unlink()
-    with pytest.raises(ValueError, match=r"cannot read image .*case1.mha"):
+    with pytest.raises(DataError, match=r"cannot read the header of image .*case1.mha"):
         make(tmp_path, 2)
     (tmp_path / "images" / "case1.mha").unlink()
     with pytest.raises(FileNotFoundError, match=r"no image file for id 'case1'"):

@@ -14,6 +14,7 @@ import main
 from main import PRESETS, Parameters, parser, resolve
 from network import heatmap_factor
 from utils.io.landmarks import read_landmarks_csv
+from utils.synthetic import generate_hand_dataset
 from utils.training.model import make_optimizer
 from utils.training.output import config_from_dict, config_to_dict
 
@@ -42,7 +43,7 @@ def test_help_lists_every_parameter_with_its_unit(capsys):
 
 def test_command_line_values_override_the_preset():
     args = vars(parser().parse_args(["--preset", "paper", "--max-iter", "7", "--image-size", "64", "64"]))
-    assert args == {"preset": "paper", "resume": None, "max_iter": 7, "image_size": [64, 64]}
+    assert args == {"preset": "paper", "resume": None, "check": False, "max_iter": 7, "image_size": [64, 64]}
     params = resolve("paper", {"max_iter": 7, "image_size": [64, 64]}, "conv_only")
     assert params.max_iter == 7 and params.image_size == (64, 64) and params.networks == ("conv_only",)
     assert parser().parse_args(["--save-debug-images"]).save_debug_images is True
@@ -106,13 +107,45 @@ def test_folds_and_run_names():
 def test_dataset_folder_with_setup_but_no_images_is_an_error(tmp_path):
     (tmp_path / "setup").mkdir()
     (tmp_path / "setup" / "all.csv").write_text("")
-    with pytest.raises(FileNotFoundError, match="no images in"):
+    with pytest.raises(FileNotFoundError, match="has no images in .*--generate-synthetic"):
         main.prepare_dataset(Parameters(dataset=str(tmp_path)))
 
 
+def test_a_mistyped_dataset_path_is_an_error_before_anything_is_written(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["--dataset", str(tmp_path / "hand_xray_datset"), "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "hand_xray_datset does not exist" in error and "python -m utils.synthetic hand" in error
+    assert not (tmp_path / "hand_xray_datset").exists() and not (tmp_path / "out").exists()
+
+
+def test_dataset_problems_are_all_reported_before_any_output_folder(tmp_path, capsys):
+    data = tmp_path / "data"
+    generate_hand_dataset(data, num_images=8, seed=2, pixels_per_mm=1.0)
+    test_ids = (data / "setup" / "cv" / "set1" / "test.txt").read_text().split()
+    (data / "images" / f"{test_ids[0]}.mha").unlink()  # an image missing
+    with open(data / "setup" / "all.csv", "a") as file:
+        file.write("broken,1,2\n")  # a row with the wrong number of values
+    options = ["--dataset", str(data), "--output", str(tmp_path / "out"), *TINY]
+    for check in (["--check"], []):  # with and without --check: the report, a non-zero exit, nothing written
+        with pytest.raises(SystemExit) as exit_info:
+            main.main([*check, *options])
+        assert str(exit_info.value.code).startswith("2 problem(s) in the dataset"), exit_info.value.code
+        printed = capsys.readouterr().err
+        assert test_ids[0] in printed and "broken" in printed and "2 errors" in printed
+        assert not (tmp_path / "out").exists()
+    csv = data / "setup" / "all.csv"
+    csv.write_text(csv.read_text().replace("broken,1,2\n", ""))
+    generate_hand_dataset(tmp_path / "again", num_images=8, seed=2, pixels_per_mm=1.0)
+    (tmp_path / "again" / "images" / f"{test_ids[0]}.mha").rename(data / "images" / f"{test_ids[0]}.mha")
+    assert main.main(["--check", *options]) == {}
+    assert "0 errors" in capsys.readouterr().out and not (tmp_path / "out").exists()
+
+
 TINY = [
-    "--synthetic-images", "8", "--image-size", "32", "32", "--num-filters", "4", "--batch-size", "2",
-    "--max-iter", "4", "--test-iter", "2", "--snapshot-iter", "2", "--test-at-start",
+    "--synthetic-images", "8", "--generate-synthetic", "--image-size", "32", "32", "--num-filters", "4",
+    "--batch-size", "2", "--max-iter", "4", "--test-iter", "2", "--snapshot-iter", "2", "--test-at-start",
 ]  # fmt: skip
 
 

@@ -9,7 +9,7 @@ loaded in the parent). Each holds its own copy of the sample maker (and with it 
 returns whole batches, pickled: a batch is small now that targets are drawn in the model (a hand batch of 8
 is 2 MB), so nothing more elaborate pays. At most `prefetch_batches` batches are in flight; they are
 received in order. A worker that raises stops the iteration with a `SampleError` naming the sample; one
-that dies stops it with a `RuntimeError`, never a hang.
+that dies stops it with a `LoaderError`, never a hang.
 """
 
 from __future__ import annotations
@@ -27,13 +27,17 @@ import numpy as np
 
 from utils.data.order import Item, ordered_items, sample_rng, training_items
 
-__all__ = ["BatchLoader", "SampleError", "collate"]
+__all__ = ["BatchLoader", "LoaderError", "SampleError", "collate"]
 
 SampleMaker = Callable[[int, np.random.Generator | None], dict[str, Any]]
 
 
+class LoaderError(RuntimeError):
+    """A loader worker process died (killed, or out of memory): the batches cannot continue."""
+
+
 class SampleError(RuntimeError):
-    """Making one sample failed (in the parent or in a worker).
+    """Making one sample failed (in the parent or in a worker); the message ends with the original error.
 
     Attributes:
         index: Index of the sample that failed.
@@ -43,7 +47,8 @@ class SampleError(RuntimeError):
 
     def __init__(self, index: int, epoch: int, details: str):
         self.index, self.epoch, self.details = index, epoch, details
-        super().__init__(f"making sample {index} (epoch {epoch}) failed; original traceback:\n{details}")
+        cause = (details.strip().splitlines() or ["unknown error"])[-1]
+        super().__init__(f"making sample {index} (epoch {epoch}) failed: {cause}")
 
     def __reduce__(self):  # pickled from a worker to the parent with its own arguments
         return SampleError, (self.index, self.epoch, self.details)
@@ -146,7 +151,7 @@ class BatchLoader:
 
         Raises:
             SampleError: When a sample fails (names its index; carries the original traceback text).
-            RuntimeError: When a worker process dies.
+            LoaderError: When a worker process dies.
         """
         items = training_items(self.seed, self.num_samples, self.batch_size, start_batch)
         return self._run(items, randomize=True)
@@ -191,8 +196,8 @@ class BatchLoader:
                     batch = pending.popleft().result()
                 except BrokenProcessPool as error:
                     self.close()
-                    raise RuntimeError("a loader worker process stopped unexpectedly (killed, or out of "
-                                       "memory?); the run cannot continue") from error
+                    raise LoaderError("a loader worker process stopped unexpectedly (killed, or out of "
+                                      "memory?); the run cannot continue") from error
                 yield batch
         finally:
             for future in pending:

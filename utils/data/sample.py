@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from utils.io.image import read_image_header
 from utils.transforms.geometry import Geometry
 from utils.transforms.intensity import IntensityAugmentation, rescale_intensity, robust_range
 from utils.transforms.spatial import SampleTransform, SpatialAugmentation
@@ -77,34 +77,12 @@ def read_geometry(path: str | os.PathLike, ignore_spacing: bool = False) -> Geom
     """Reads only the header of an image file and returns its geometry (as `utils.io.image.read_image`
     would give it: a 3D image with a last axis of size 1 becomes 2D; spacing 1 with `ignore_spacing`).
 
-    Args:
-        path: Image file in any format SimpleITK reads.
-        ignore_spacing: If True, the spacing is 1 on every axis.
-
-    Returns:
-        The image's `Geometry`.
-
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: SimpleITK cannot read the file's header (names the file).
+        DataError: The header is unreadable or its geometry unusable (names the file).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise ValueError(f"cannot read image {path}: {first_line}") from error
-    size, spacing, origin = reader.GetSize(), reader.GetSpacing(), reader.GetOrigin()
-    direction = np.asarray(reader.GetDirection()).reshape(len(size), len(size))
-    if len(size) == 3 and size[2] == 1:
-        size, spacing, origin, direction = size[:2], spacing[:2], origin[:2], direction[:2, :2]
-    if ignore_spacing:
-        spacing = (1.0,) * len(size)
-    return Geometry(tuple(size), tuple(spacing), tuple(origin), tuple(direction.ravel()))
+    header = read_image_header(path, ignore_spacing)
+    return Geometry(header.size, header.spacing, header.origin, header.direction)
 
 
 class SampleGenerator:

@@ -67,6 +67,18 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def _keep_progress(run: RunFolder, model: HeatmapTrainer, completed: int, start: int, state: dict,
+                   last_good, why: str, log: Callable[[str], None]) -> None:
+    """Saves a checkpoint of the last finished iteration (if any since `start`) and says how to resume."""
+    if completed > start:
+        try:
+            last_good = save_checkpoint(run.checkpoints, model, completed, state)
+        except OSError as error:
+            log(f"could not save iteration {completed}: {error}")
+    where = f"the last checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+    log(f"{why} after iteration {completed}: {where}; continue with --resume {run.root}")
+
+
 def _sigma_record(model: HeatmapTrainer) -> dict[str, float]:
     """{"sigma_<n>": value} of learned sigmas ("sigma_<n>_<axis>" when anisotropic); {} when fixed."""
     if not model.targets.learn_sigma:
@@ -144,7 +156,12 @@ def train(
     try:
         for iteration in range(start + 1, schedule.max_iter + 1):
             asked = time.perf_counter()
-            batch = next(iterator)
+            try:
+                batch = next(iterator)
+            except Exception:  # the loader failed (a broken image, a dead worker): keep the work done so far
+                _keep_progress(run, model, completed, start, state, last_good, "the loader failed", log)
+                history.save()
+                raise
             window_wait += time.perf_counter() - asked  # the loader fell behind the training step
             logs = model.train_on_batch({key: batch[key] for key in INPUTS}, return_dict=True)
             loss = float(logs["loss"])
@@ -173,15 +190,18 @@ def train(
                 history.add_train(iteration, mean_loss, speed, data_wait, sigmas)
                 window_start, window_losses, window_wait = now, [], 0.0
             if iteration % schedule.snapshot_iter == 0 or iteration == schedule.max_iter:
-                last_good = save_checkpoint(run.checkpoints, model, iteration, state)
+                try:
+                    last_good = save_checkpoint(run.checkpoints, model, iteration, state)
+                except OSError as error:  # e.g. a full disk: the previous checkpoint is intact
+                    raise OSError(f"cannot write the checkpoint of iteration {iteration} ({error}); the last "
+                                  f"good checkpoint {last_good} is kept: free space, then --resume "
+                                  f"{run.root}") from error
                 history.save()
             testing = iteration % schedule.test_iter == 0 or iteration == schedule.max_iter
             if evaluate is not None and testing:
                 history.add_test(iteration, evaluate(iteration))
     except KeyboardInterrupt:  # keep the work done since the last snapshot (a step cut short is not counted)
-        if completed > start:
-            saved = save_checkpoint(run.checkpoints, model, completed, state)
-            log(f"interrupted after iteration {completed}: saved {saved}; continue with --resume {run.root}")
+        _keep_progress(run, model, completed, start, state, last_good, "interrupted", log)
         history.save()
         raise
     history.save()
