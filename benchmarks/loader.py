@@ -19,6 +19,12 @@ Commands (from the repository root)::
     python -m benchmarks.loader --output benchmarks/results/loader.json
     python -m benchmarks.loader --configs hand --workers 0 1 2 --batches 40
     python -m benchmarks.loader --quick --output /tmp/loader_quick.json        # seconds: smoke test
+    python -m benchmarks.loader --configs hand --workers 0 --authors-framework PATH --authors-example PATH
+
+With ``--authors-framework`` and ``--authors-example`` (checkouts of the authors' code, see
+benchmarks/README.md), the hand configuration is also measured with the authors' framework in the same run
+(`benchmarks.authors`: their hand_xray chain, one core), and the ratio per core is reported: our in-process
+samples/s (one core) over theirs.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import numpy as np
 import psutil
 import SimpleITK as sitk
 
+from benchmarks.authors import HOW_TO, authors_hand_samples_per_s, skip_reason
 from benchmarks.common import format_table, machine_info, time_calls, write_results
 from dataset import Dataset
 from utils.data.order import sample_rng
@@ -51,8 +58,6 @@ CONFIGS = {
     "volume": ((128, 128, 128), 10, 2, 3),
 }
 QUICK_CONFIGS = {"hand": ((64, 64), 37, 4, 2), "volume": ((24, 24, 24), 10, 2, 3)}
-# the original framework's figures on these machines (one core, SimpleITK single-threaded; issue 5)
-ORIGINAL_SAMPLES_PER_S = {"hand": 200.0, "volume": 12.0}
 
 
 def hand_folder(cache: Path, quick: bool) -> tuple[Path, str]:
@@ -165,6 +170,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", default="benchmarks/results/data", help="folder for generated data")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of seconds")
     parser.add_argument("--output", default="benchmarks/results/loader.json", help="results JSON file")
+    parser.add_argument("--authors-framework", type=Path, help="checkout of MedicalDataAugmentationTool")
+    parser.add_argument("--authors-example", type=Path,
+                        help="the hand_xray folder of MedicalDataAugmentationTool-HeatmapRegression")
+    parser.add_argument("--authors-samples", type=int, default=100, help="samples per timed pass of theirs")
     return parser.parse_args(argv)
 
 
@@ -186,11 +195,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(format_table(rates, [("workers", "workers", "d"), ("samples_per_s", "samples/s", ".1f"),
                                    ("per_core", "per worker", ".1f"),
                                    ("worker_peak_rss_mb", "worker peak RSS MB", ".0f")]))
-        print(f"original framework (issue 5): ~{ORIGINAL_SAMPLES_PER_S[name]:.0f} samples/s per core")
         results[name] = {"data": data, "input_size": list(size), "num_landmarks": landmarks,
-                         "batch_size": batch, "stages": stages, "throughput": rates,
-                         "original_samples_per_s_per_core": ORIGINAL_SAMPLES_PER_S[name]}
-    return write_results(args.output, "loader", vars(args), results, machine=machine_info())
+                         "batch_size": batch, "stages": stages, "throughput": rates}
+        if name == "hand" and not args.quick:
+            results[name]["authors"] = side_by_side(args, folder, configs[name], rates, batches)
+    config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    return write_results(args.output, "loader", config, results, machine=machine_info())
+
+
+def side_by_side(args: argparse.Namespace, folder: Path, config: tuple, rates: list[dict], batches: int
+                 ) -> dict[str, Any]:
+    """The authors' framework on the same radiographs, then ours in-process again: samples/s per core."""
+    reason = skip_reason(args.authors_framework, args.authors_example)
+    if reason is not None:
+        print(f"authors' framework not measured: {HOW_TO}")
+        return {"skipped": reason}
+    theirs = authors_hand_samples_per_s(args.authors_framework, args.authors_example, REAL_HANDS,
+                                        args.authors_samples, repeats=3)
+    ours = [rate["samples_per_s"] for rate in rates if rate["workers"] == 0]
+    ours.append(throughput(folder, config, 0, batches)["samples_per_s"])  # after theirs: same conditions
+    mine = float(np.median(ours))
+    print(f"authors' framework: {theirs['samples_per_s']:.2f} samples/s per core "
+          f"({theirs['ms_per_sample']:.1f} ms/sample); ours in-process: {mine:.1f} samples/s "
+          f"(runs {', '.join(f'{r:.1f}' for r in ours)}): {mine / theirs['samples_per_s']:.1f}x per core")
+    return {"authors": theirs, "ours_in_process": ours, "ratio_per_core": mine / theirs["samples_per_s"]}
 
 
 if __name__ == "__main__":
