@@ -84,10 +84,16 @@ def gaussian_targets(points, mask, sigma, shape: Sequence[int], amplitude=1.0, r
                for axis, size in enumerate(reversed(shape))]
     if not anisotropic:
         inverse_variance = ops.broadcast_to(1.0 / ops.square(sigma), (num,))[None, :, None]
-        factors = [ops.exp(-0.5 * ops.square(offset) * inverse_variance) for offset in offsets]
-        factors[0] = factors[0] * scale[:, :, None]
-        equation = "bny,bnx->byxn" if dim == 2 else "bnz,bny,bnx->bzyxn"
-        return ops.einsum(equation, *reversed(factors))
+        targets = None  # the outer product of the per-axis factors, broadcast channels-last (TF's einsum
+        for axis, offset in enumerate(offsets):  # of the same product was 3x slower on a CPU)
+            factor = ops.transpose(ops.exp(-0.5 * ops.square(offset) * inverse_variance), (0, 2, 1))
+            if axis == 0:
+                factor = factor * scale[:, None, :]  # (B, size, N): cheaper here than on the whole grid
+            grid_axis = dim - 1 - axis  # x is the last grid axis
+            factor = ops.reshape(factor, (-1,) + tuple(shape[a] if a == grid_axis else 1 for a in range(dim))
+                                 + (num,))
+            targets = factor if targets is None else targets * factor
+        return targets
     # Anisotropic: exponent -0.5 * sum_ij P_ij d_i d_j with P = R diag(1 / sigma^2) R^T, evaluated densely
     # in (B, N, [z,] y, x) and moved to channels-last at the end.
     axes_inverse = ops.eye(dim)[None] / ops.square(sigma)[:, None, :]  # (N, dim, dim) diag(1 / sigma^2)
