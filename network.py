@@ -1,17 +1,20 @@
 """Heatmap regression networks for landmark localisation (Payer et al., MICCAI 2016 and MedIA 2019).
 
-Five networks, each for 2D and 3D inputs (decided by the rank of ``input_shape``), channels-last:
+Six networks, each for 2D and 3D inputs (decided by the rank of ``input_shape``), channels-last:
 
 - ``scn``: SpatialConfiguration-Net, local convolutions x leave-one-out spatial part (MICCAI 2016);
-- ``unet``: U-Net, 4 levels, average pooling, linear upsampling, 128 filters at every level;
+- ``unet``: the authors' U-Net, 4 levels of 128 filters, max pooling, nearest-neighbour upsampling;
 - ``downsampling_net``: 3 levels of two 5x5 convolutions with 2x average pooling; heatmaps at 1/4 per axis;
 - ``conv_only``: six 11x11 convolutions and a 1x1 heatmap layer;
-- ``scn_unet``: SCN whose local part is a U-Net (MedIA 2019, MMWHS variant).
+- ``scn_unet``: SCN whose local part is a U-Net with average pooling and linear upsampling (MMWHS variant);
+- ``scn_mia``: the SpatialConfiguration-Net of MedIA 2019 (leaky ReLU, U-Net-like local part with dropout
+  and additive skips, convolutional spatial part with tanh, cubic upsampling).
 
 Every model maps an image ``(B, [z,] y, x, C)`` to heatmaps ``(B, [z,] y, x, N)`` (Downsampling-Net: each
-spatial axis divided by :func:`heatmap_factor`). Hidden convolutions use ReLU, 'same' zero padding and He
-initialisation; heatmap output layers start from a truncated normal of standard deviation 1e-4, as in the
-papers, so that untrained networks predict (almost) zero heatmaps. Every convolution kernel carries an L2
+spatial axis divided by :func:`heatmap_factor`). Hidden convolutions use ReLU (``scn_mia``: leaky ReLU),
+'same' zero padding and He initialisation; heatmap output layers start from a truncated normal of standard
+deviation 1e-4, as in the papers (``scn_mia`` in 3D: 1e-3, as the authors' spine CT setup), so that
+untrained networks predict (almost) zero heatmaps. Every convolution kernel carries an L2
 penalty ``weight_decay / 2 * sum(w ** 2)`` (gradient ``weight_decay * w``, the classic weight-decay
 convention); Keras adds it to the training loss through ``model.losses``.
 
@@ -34,12 +37,14 @@ import numpy as np
 __all__ = [
     "NETWORKS",
     "LeaveOneOutConv",
+    "CubicUpSampling",
     "LinearUpSampling3D",
     "build_network",
     "conv_only_net",
     "count_flops",
     "downsampling_net",
     "heatmap_factor",
+    "scn_mia",
     "scn_unet",
     "spatial_configuration_net",
     "unet",
@@ -47,6 +52,7 @@ __all__ = [
 
 HEATMAP_INIT_STDDEV = 1e-4  # standard deviation of the truncated normal that initialises heatmap layers
 WEIGHT_DECAY = 5e-5  # L2 weight decay of the papers (hand X-ray setup)
+LEAKY_RELU_SLOPE = 0.1  # negative slope of the leaky ReLUs of the MIA 2019 SCN
 
 
 def _kernel_size_tuple(kernel_size: int | Sequence[int], name: str) -> tuple[int, ...]:
@@ -226,26 +232,121 @@ class LinearUpSampling3D(keras.layers.Layer):
         return config
 
 
+def _cubic_weight(distance: np.ndarray) -> np.ndarray:
+    """Keys' cubic convolution kernel with a = -0.5 (the Catmull-Rom spline) at ``distance`` input pixels."""
+    d = np.abs(distance)
+    near = (1.5 * d - 2.5) * d * d + 1.0  # |d| <= 1
+    far = ((-0.5 * d + 2.5) * d - 4.0) * d + 2.0  # 1 < |d| < 2
+    return np.where(d <= 1.0, near, np.where(d < 2.0, far, 0.0))
+
+
+def _cubic_interpolation_matrix(length: int, factor: int) -> np.ndarray:
+    """Matrix ``(length * factor, length)`` of 1D cubic upsampling weights, zeros beyond the border.
+
+    Output sample o sits at input coordinate ``t = (o + 0.5) / factor - 0.5`` (half-pixel centres) and takes
+    ``sum_i w(t - i) * input[i]`` over the input samples i = 0 .. length - 1 with Keys' cubic weights w;
+    the samples beyond the border count as zeros. This is what the authors' transposed convolution with a
+    sampled cubic kernel and 'valid_cropped' padding computes.
+    """
+    source = (np.arange(length * factor) + 0.5) / factor - 0.5
+    return _cubic_weight(source[:, None] - np.arange(length)[None, :]).astype("float32")
+
+
+@keras.saving.register_keras_serializable(package="landmarks")
+class CubicUpSampling(keras.layers.Layer):
+    """Cubic upsampling of an image or a volume by fixed integer factors, as in the MIA 2019 SCN.
+
+    Separable: along each spatial axis a multiplication with a fixed ``(n * size, n)`` weight matrix of Keys'
+    cubic convolution kernel (a = -0.5, the Catmull-Rom spline; it reproduces quadratics exactly). Output
+    sample o of an axis sits at input coordinate ``(o + 0.5) / size - 0.5`` (half-pixel centres, as
+    ``UpSampling2D(interpolation="bilinear")``). Border: samples beyond the input count as zeros, as in the
+    authors' 'valid_cropped' transposed convolution: within ``1.5 * size`` output pixels of the border the
+    missing taps change the values (a constant 1 becomes 51/64, 137/128, 131/128 at the first three output
+    pixels for size 2); elsewhere it is exact cubic interpolation.
+
+    Args:
+        size: int or tuple of ints (one per spatial axis, NumPy order), the upsampling factors.
+        **kwargs: base ``keras.layers.Layer`` arguments.
+
+    Input shape:
+        ``(batch, [z,] y, x, channels)`` with 2 or 3 known spatial sizes.
+
+    Output shape:
+        ``(batch, [z * size_z,] y * size_y, x * size_x, channels)``.
+    """
+
+    def __init__(self, size: int | Sequence[int] = 2, **kwargs):
+        super().__init__(**kwargs)
+        sizes = _kernel_size_tuple(size, "size")
+        if len(sizes) not in (1, 2, 3):
+            raise ValueError(f"size must be an int or a tuple of 2 or 3 ints, received size={size!r}")
+        self.size = sizes
+
+    def _sizes(self, num_spatial: int) -> tuple[int, ...]:
+        return self.size * num_spatial if len(self.size) == 1 else self.size
+
+    def build(self, input_shape):
+        num_spatial = len(input_shape) - 2
+        if num_spatial not in (2, 3) or any(n is None for n in input_shape[1:-1]):
+            raise ValueError(
+                f"CubicUpSampling expects (batch, [z,] y, x, channels) with 2 or 3 known spatial sizes, "
+                f"received input_shape={input_shape}"
+            )
+        if len(self.size) not in (1, num_spatial):
+            raise ValueError(
+                f"size={self.size} does not match the {num_spatial} spatial axes of input_shape={input_shape}"
+            )
+        self._matrices = [
+            _cubic_interpolation_matrix(n, f)
+            for n, f in zip(input_shape[1:-1], self._sizes(num_spatial), strict=True)
+        ]
+
+    def call(self, inputs):
+        axes = "zyx"[3 - len(self._matrices) :]
+        outputs = inputs
+        for k, matrix in enumerate(self._matrices):
+            source = f"b{axes}c"
+            target = source.replace(axes[k], axes[k].upper())
+            weights = keras.ops.convert_to_tensor(matrix, dtype=inputs.dtype)
+            outputs = keras.ops.einsum(f"{source},{axes[k].upper()}{axes[k]}->{target}", outputs, weights)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        sizes = self._sizes(len(input_shape) - 2)
+        spatial = tuple(None if n is None else n * f for n, f in zip(input_shape[1:-1], sizes, strict=True))
+        return (input_shape[0], *spatial, input_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"size": self.size})
+        return config
+
+
 # --- building blocks (dim = number of spatial axes, 2 or 3) ----------------------------------------------
 
 
-def _conv(dim, filters, kernel_size, name, weight_decay, activation="relu", heatmap=False):
-    """Convolution with 'same' padding; He initialisation, or the 1e-4 truncated normal for heatmap layers."""
+def _conv(
+    dim, filters, kernel_size, name, weight_decay, activation="relu", heatmap=False, heatmap_stddev=None
+):
+    """Convolution with 'same' padding; He initialisation, or a truncated normal for heatmap layers.
+
+    ``heatmap_stddev`` is the standard deviation of that truncated normal (None: ``HEATMAP_INIT_STDDEV``).
+    """
     conv_class = {2: keras.layers.Conv2D, 3: keras.layers.Conv3D}[dim]
     return conv_class(
         filters,
         kernel_size,
         padding="same",
         activation=activation,
-        kernel_initializer=_heatmap_initializer() if heatmap else keras.initializers.HeNormal(),
+        kernel_initializer=_heatmap_initializer(heatmap_stddev) if heatmap else keras.initializers.HeNormal(),
         kernel_regularizer=_regularizer(weight_decay),
         name=name,
     )
 
 
-def _heatmap_initializer():
-    """Truncated normal with standard deviation 1e-4 for heatmap output layers."""
-    return keras.initializers.TruncatedNormal(stddev=HEATMAP_INIT_STDDEV)
+def _heatmap_initializer(stddev=None):
+    """Truncated normal with standard deviation ``stddev`` (None: 1e-4) for heatmap output layers."""
+    return keras.initializers.TruncatedNormal(stddev=HEATMAP_INIT_STDDEV if stddev is None else stddev)
 
 
 def _regularizer(weight_decay):
@@ -258,27 +359,47 @@ def _average_pooling(dim, factor, name):
     return pool_class(pool_size=factor, name=name)
 
 
+def _max_pooling(dim, factor, name):
+    pool_class = {2: keras.layers.MaxPooling2D, 3: keras.layers.MaxPooling3D}[dim]
+    return pool_class(pool_size=factor, name=name)
+
+
 def _linear_upsampling(dim, factor, name):
     if dim == 2:
         return keras.layers.UpSampling2D(size=factor, interpolation="bilinear", name=name)
     return LinearUpSampling3D(size=factor, name=name)
 
 
-def _unet_features(x, dim, num_filters, num_levels, kernel_size, weight_decay):
-    """U-Net body: two convolutions per level, 2x average pooling down, linear upsampling + concatenation up.
+def _nearest_upsampling(dim, factor, name):
+    upsampling_class = {2: keras.layers.UpSampling2D, 3: keras.layers.UpSampling3D}[dim]
+    return upsampling_class(size=factor, name=name)
 
-    Returns the full-resolution feature map ``(B, [z,] y, x, num_filters)``; every level has ``num_filters``.
+
+def _unet_features(x, dim, num_filters, num_levels, kernel_size, weight_decay, pooling, upsampling):
+    """U-Net body as the authors' ``UnetClassic``: two convolutions per block, concatenation skips.
+
+    Contracting path: at every level two ``kernel_size`` convolutions (ReLU), then 2x ``pooling`` ("max" or
+    "average") down to the next level. Expanding path, deepest level first: two convolutions at EVERY level,
+    the deepest included (whose input is the contracting output of that level); at the other levels the
+    output of the level below is upsampled 2x (``upsampling``: "nearest" or "linear") and concatenated after
+    the contracting output of the level (skip first). So ``4 * num_levels`` convolutions in all.
+
+    Returns:
+        The full-resolution feature map ``(B, [z,] y, x, num_filters)``; every level has ``num_filters``.
     """
+    pool = {"max": _max_pooling, "average": _average_pooling}[pooling]
+    upsample = {"nearest": _nearest_upsampling, "linear": _linear_upsampling}[upsampling]
     skips = []
     for level in range(num_levels):
         if level > 0:
-            x = _average_pooling(dim, 2, name=f"down{level}_pool")(x)
+            x = pool(dim, 2, name=f"down{level}_pool")(x)
         x = _conv(dim, num_filters, kernel_size, f"down{level}_conv0", weight_decay)(x)
         x = _conv(dim, num_filters, kernel_size, f"down{level}_conv1", weight_decay)(x)
         skips.append(x)
-    for level in reversed(range(num_levels - 1)):
-        x = _linear_upsampling(dim, 2, name=f"up{level}_upsample")(x)
-        x = keras.layers.Concatenate(name=f"up{level}_concat")([skips[level], x])
+    for level in reversed(range(num_levels)):
+        if level < num_levels - 1:
+            x = upsample(dim, 2, name=f"up{level}_upsample")(x)
+            x = keras.layers.Concatenate(name=f"up{level}_concat")([skips[level], x])
         x = _conv(dim, num_filters, kernel_size, f"up{level}_conv0", weight_decay)(x)
         x = _conv(dim, num_filters, kernel_size, f"up{level}_conv1", weight_decay)(x)
     return x
@@ -393,11 +514,14 @@ def unet(
     kernel_size: int = 3,
     weight_decay: float = WEIGHT_DECAY,
 ) -> keras.Model:
-    """U-Net for heatmap regression (MICCAI 2016 variant), 2D or 3D.
+    """U-Net for heatmap regression (MICCAI 2016), 2D or 3D, arranged as the authors' ``UnetClassic2D``.
 
-    ``num_levels`` levels of two ``kernel_size`` convolutions (ReLU) with ``num_filters`` at every level
-    (not doubled), 2x average pooling down, linear upsampling up, concatenation skips, and a 1x1 heatmap
-    layer with linear output.
+    ``num_levels`` levels with ``num_filters`` at every level (not doubled); two ``kernel_size``
+    convolutions (ReLU) on both the contracting and the expanding side of every level, the deepest level
+    included (``4 * num_levels`` convolutions: 16 with the defaults); 2x max pooling down, 2x
+    nearest-neighbour upsampling up, concatenation skips; a 1x1 heatmap layer with linear output. With 128
+    filters, 4 levels, one input channel and 37 landmarks in 2D it has 2,662,181 parameters, as the
+    authors' network.
 
     Args:
         input_shape: ``([z,] y, x, channels)``; spatial sizes divisible by ``2 ** (num_levels - 1)``.
@@ -413,7 +537,7 @@ def unet(
     _check_ints(1, num_filters=num_filters, num_levels=num_levels, kernel_size=kernel_size)
     dim = _check_input(input_shape, num_landmarks, 2 ** (num_levels - 1), weight_decay)
     inputs = keras.Input(tuple(input_shape), name="image")
-    x = _unet_features(inputs, dim, num_filters, num_levels, kernel_size, weight_decay)
+    x = _unet_features(inputs, dim, num_filters, num_levels, kernel_size, weight_decay, "max", "nearest")
     heatmaps = _conv(dim, num_landmarks, 1, "heatmaps", weight_decay, activation=None, heatmap=True)(x)
     return keras.Model(inputs, heatmaps, name="unet")
 
@@ -504,12 +628,14 @@ def scn_unet(
 ) -> keras.Model:
     """SpatialConfiguration-Net with a U-Net local part (MedIA 2019, MMWHS variant), 2D or 3D.
 
-    Local appearance: the U-Net body of :func:`unet` and a 1x1 convolution to N local heatmaps with tanh
-    activation, as the GUIDE describes the MMWHS variant (tanh keeps the local heatmaps in [-1, 1], so the
-    spatial part always sees bounded inputs). Spatial configuration: the local heatmaps are average-pooled by
-    ``downsampling_factor``, passed through ``num_spatial_convs`` convolutions (``spatial_kernel_size``,
-    ``num_filters``, ReLU) and a ``spatial_kernel_size`` convolution to N spatial heatmaps with linear output,
-    and upsampled linearly by the same factor. Unlike :func:`spatial_configuration_net` the spatial part is a
+    Local appearance: a U-Net arranged as :func:`unet` (two convolutions on both sides of every level, the
+    deepest included, concatenation skips) but with 2x average pooling and linear upsampling, as the
+    authors' ``UnetClassicAvgLinear2D``, and a 1x1 convolution to N local heatmaps with tanh activation
+    (tanh keeps the local heatmaps in [-1, 1], so the spatial part always sees bounded inputs). Spatial
+    configuration: the local heatmaps are average-pooled by ``downsampling_factor``, passed through
+    ``num_spatial_convs`` convolutions (``spatial_kernel_size``, ``num_filters``, ReLU) and a
+    ``spatial_kernel_size`` convolution to N spatial heatmaps with linear output, and upsampled linearly by
+    the same factor. Unlike :func:`spatial_configuration_net` the spatial part is a
     small CNN, not a leave-one-out convolution. Output = local x spatial. Padding is 'same' (zeros; the
     original used reflection padding, which Keras convolutions do not offer).
 
@@ -540,7 +666,7 @@ def scn_unet(
     multiple = math.lcm(2 ** (num_levels - 1), downsampling_factor)
     dim = _check_input(input_shape, num_landmarks, multiple, weight_decay)
     inputs = keras.Input(tuple(input_shape), name="image")
-    x = _unet_features(inputs, dim, num_filters, num_levels, kernel_size, weight_decay)
+    x = _unet_features(inputs, dim, num_filters, num_levels, kernel_size, weight_decay, "average", "linear")
     local = _conv(dim, num_landmarks, 1, "local_heatmaps", weight_decay, activation="tanh", heatmap=True)(x)
     x = _average_pooling(dim, downsampling_factor, name="local_heatmaps_downsampled")(local)
     for i in range(num_spatial_convs):
@@ -559,12 +685,149 @@ def scn_unet(
     return keras.Model(inputs, heatmaps, name="scn_unet")
 
 
+def _leaky_conv(x, dim, filters, kernel_size, name, weight_decay):
+    """He-initialised convolution ('same' padding) followed by a leaky ReLU of slope ``LEAKY_RELU_SLOPE``."""
+    x = _conv(dim, filters, kernel_size, name, weight_decay, activation=None)(x)
+    return keras.layers.LeakyReLU(negative_slope=LEAKY_RELU_SLOPE, name=f"{name}_leaky_relu")(x)
+
+
+# Defaults of the MIA 2019 SCN per spatial dimension: the authors' cephalogram (2D) and spine CT (3D) setups.
+# The heatmap layers start from a truncated normal of std 1e-4 in their cephalogram code, 1e-3 in the spine.
+SCN_MIA_DEFAULTS = {
+    2: dict(num_filters=128, downsampling_factor=16, spatial_kernel_size=11, heatmap_init_stddev=1e-4),
+    3: dict(num_filters=64, downsampling_factor=8, spatial_kernel_size=7, heatmap_init_stddev=1e-3),
+}
+
+
+def scn_mia(
+    input_shape: Sequence[int],
+    num_landmarks: int,
+    *,
+    num_filters: int | None = None,
+    num_levels: int = 4,
+    downsampling_factor: int | None = None,
+    spatial_kernel_size: int | None = None,
+    dropout_rate: float = 0.5,
+    heatmap_init_stddev: float | None = None,
+    weight_decay: float = WEIGHT_DECAY,
+) -> keras.Model:
+    """SpatialConfiguration-Net of Payer et al., MedIA 2019 (the authors' ``network_scn_mia``), 2D or 3D.
+
+    Every hidden convolution is He-initialised and followed by a leaky ReLU of slope 0.1; 'same' zero
+    padding (the authors' spine setup pads by reflection, which Keras convolutions do not offer).
+
+    - ``conv0``: a 3x3 convolution to ``num_filters``.
+    - Local appearance (the authors' ``SCNetLocal``): a U-Net-like net of ``num_levels`` levels with
+      ``num_filters`` at every level. Contracting block per level: 3x3 convolution, dropout, 3x3
+      convolution, then 2x average pooling to the next level; parallel (skip) block per level, the deepest
+      included: one 3x3 convolution of the contracting output; expanding path: from the deepest parallel
+      output, 2x linear upsampling and ADDITION of the level's parallel output, no convolutions. Then a 3x3
+      convolution to N local heatmaps, linear output. The linear upsampling repeats the edge values (the
+      authors' 'same' transposed convolution lets the outermost pixel fade to 3/4).
+    - Spatial configuration: the local heatmaps average-pooled by ``downsampling_factor``, three
+      ``spatial_kernel_size`` convolutions to ``num_filters`` (leaky ReLU), a ``spatial_kernel_size``
+      convolution to N with tanh, and :class:`CubicUpSampling` by ``downsampling_factor``.
+    - Output = local x spatial.
+
+    Heatmap layers (local and spatial) start from a truncated normal of std ``heatmap_init_stddev``.
+    Parameters left at None take the authors' values for the input's dimension (``SCN_MIA_DEFAULTS``):
+    2D (cephalograms, 512 x 512) 128 filters, factor 16, 11x11 spatial kernels, std 1e-4; 3D (spine CT,
+    96 x 96 x 192) 64 filters, factor 8, 7x7x7 kernels, std 1e-3.
+
+    Layer names for inspection: ``local_heatmaps``, ``local_heatmaps_downsampled``,
+    ``spatial_heatmaps_downsampled``, ``spatial_heatmaps``, ``heatmaps``; dropout layers
+    ``local_down{level}_dropout``.
+
+    Args:
+        input_shape: ``([z,] y, x, channels)``; spatial sizes divisible by ``2 ** (num_levels - 1)`` and by
+            ``downsampling_factor``.
+        num_landmarks: N.
+        num_filters: filters of every hidden convolution (None: 128 in 2D, 64 in 3D).
+        num_levels: levels of the local U-Net.
+        downsampling_factor: pooling / upsampling factor of the spatial part (None: 16 in 2D, 8 in 3D).
+        spatial_kernel_size: kernel size of the spatial convolutions, pixels of the downsampled grid
+            (None: 11 in 2D, 7 in 3D).
+        dropout_rate: fraction of the features dropped in the contracting blocks, training only.
+        heatmap_init_stddev: std of the heatmap layers' initial kernels (None: 1e-4 in 2D, 1e-3 in 3D).
+        weight_decay: L2 weight decay on all kernels (the authors' cephalogram setup: 1e-3 on their
+            ``tf.nn.l2_loss``, which is ``sum(w ** 2) / 2``, i.e. ``weight_decay=1e-3`` here).
+
+    Returns:
+        ``keras.Model`` named "scn_mia": ``(B, [z,] y, x, channels)`` -> ``(B, [z,] y, x, N)``.
+    """
+    shape = tuple(input_shape)
+    defaults = SCN_MIA_DEFAULTS.get(len(shape) - 1, SCN_MIA_DEFAULTS[2])  # a wrong rank fails below
+    num_filters, downsampling_factor, spatial_kernel_size, heatmap_init_stddev = (
+        defaults[name] if value is None else value
+        for name, value in (
+            ("num_filters", num_filters),
+            ("downsampling_factor", downsampling_factor),
+            ("spatial_kernel_size", spatial_kernel_size),
+            ("heatmap_init_stddev", heatmap_init_stddev),
+        )
+    )
+    _check_ints(
+        1,
+        num_filters=num_filters,
+        num_levels=num_levels,
+        downsampling_factor=downsampling_factor,
+        spatial_kernel_size=spatial_kernel_size,
+    )
+    if not 0 <= dropout_rate < 1:
+        raise ValueError(f"dropout_rate must be in [0, 1), received {dropout_rate!r}")
+    if not heatmap_init_stddev > 0:
+        raise ValueError(f"heatmap_init_stddev must be > 0, received {heatmap_init_stddev!r}")
+    multiple = math.lcm(2 ** (num_levels - 1), downsampling_factor)
+    dim = _check_input(shape, num_landmarks, multiple, weight_decay)
+    inputs = keras.Input(shape, name="image")
+    x = _leaky_conv(inputs, dim, num_filters, 3, "conv0", weight_decay)
+    parallel = []
+    for level in range(num_levels):
+        if level > 0:
+            x = _average_pooling(dim, 2, name=f"local_down{level}_pool")(x)
+        x = _leaky_conv(x, dim, num_filters, 3, f"local_down{level}_conv0", weight_decay)
+        x = keras.layers.Dropout(dropout_rate, name=f"local_down{level}_dropout")(x)
+        x = _leaky_conv(x, dim, num_filters, 3, f"local_down{level}_conv1", weight_decay)
+        parallel.append(_leaky_conv(x, dim, num_filters, 3, f"local_skip{level}_conv", weight_decay))
+    x = parallel[-1]
+    for level in reversed(range(num_levels - 1)):
+        x = _linear_upsampling(dim, 2, name=f"local_up{level}_upsample")(x)
+        x = keras.layers.Add(name=f"local_up{level}_add")([parallel[level], x])
+    local = _conv(
+        dim,
+        num_landmarks,
+        3,
+        "local_heatmaps",
+        weight_decay,
+        activation=None,
+        heatmap=True,
+        heatmap_stddev=heatmap_init_stddev,
+    )(x)
+    x = _average_pooling(dim, downsampling_factor, name="local_heatmaps_downsampled")(local)
+    for i in range(3):
+        x = _leaky_conv(x, dim, num_filters, spatial_kernel_size, f"spatial_conv{i}", weight_decay)
+    spatial = _conv(
+        dim,
+        num_landmarks,
+        spatial_kernel_size,
+        "spatial_heatmaps_downsampled",
+        weight_decay,
+        activation="tanh",
+        heatmap=True,
+        heatmap_stddev=heatmap_init_stddev,
+    )(x)
+    spatial = CubicUpSampling(downsampling_factor, name="spatial_heatmaps")(spatial)
+    heatmaps = keras.layers.Multiply(name="heatmaps")([local, spatial])
+    return keras.Model(inputs, heatmaps, name="scn_mia")
+
+
 _BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "scn": spatial_configuration_net,
     "unet": unet,
     "downsampling_net": downsampling_net,
     "conv_only": conv_only_net,
     "scn_unet": scn_unet,
+    "scn_mia": scn_mia,
 }
 NETWORKS: tuple[str, ...] = tuple(_BUILDERS)
 
@@ -588,7 +851,7 @@ def build_network(name: str, input_shape: Sequence[int], num_landmarks: int, **o
     """Builds network ``name`` (one of :data:`NETWORKS`).
 
     Args:
-        name: "scn", "unet", "downsampling_net", "conv_only" or "scn_unet".
+        name: "scn", "unet", "downsampling_net", "conv_only", "scn_unet" or "scn_mia".
         input_shape: ``([z,] y, x, channels)``, 2D or 3D.
         num_landmarks: number of heatmaps N.
         **options: keyword options of the network's builder (e.g. ``num_filters``, ``weight_decay``).
