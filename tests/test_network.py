@@ -69,6 +69,18 @@ def test_paper_defaults_and_initialisation():
     assert hidden.std() == pytest.approx(np.sqrt(2 / (5 * 5 * 128)), rel=0.15)  # He
 
 
+def test_scn_local_kernels_are_5x5_in_2d_and_3x3x3_in_3d():
+    # 3x3x3 in 3D: 5x5x5 kernels keep the 3D SCN on the all-zero plateau with Adam (issue 15)
+    assert build_network("scn", (16, 16, 1), 3, num_filters=2).get_layer("local_heatmaps").kernel.shape == (
+        5, 5, 2, 3,
+    )  # fmt: skip
+    volume = build_network("scn", (16, 16, 16, 1), 3, num_filters=2)
+    assert volume.get_layer("local_conv0").kernel.shape == (3, 3, 3, 1, 2)
+    assert volume.get_layer("local_heatmaps").kernel.shape == (3, 3, 3, 2, 3)
+    chosen = build_network("scn", (16, 16, 16, 1), 3, num_filters=2, kernel_size=5)
+    assert chosen.get_layer("local_heatmaps").kernel.shape == (5, 5, 5, 2, 3)
+
+
 def test_parameter_and_flop_counts_known_answer():
     # SCN 2D, 2 filters, 3 landmarks: local convs 5*5*1*2+2, 2 x (5*5*2*2+2), heatmaps 5*5*2*3+3,
     # spatial 15*15*3*3+3
