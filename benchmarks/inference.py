@@ -60,7 +60,7 @@ def measure_inference(network: str, size: Size, batch_size: int, warmup: int, re
         A dict with the configuration, ``<stage>_ms`` (median per batch) for each of `STAGES`,
         ``total_ms``, ``images_per_s``, ``<stage>_percent`` (share of the total) and the raw timings.
     """
-    side = size.input_size
+    side = size.input_size[0]  # square 2D sizes (the 2D presets)
     model = build_network(network, (side, side, 1), NUM_LANDMARKS, num_filters=size.num_filters)
     factor = heatmap_factor(network)
     images = np.random.default_rng(0).uniform(-1.0, 1.0, (batch_size, side, side, 1)).astype(np.float32)
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for network in args.networks:
             size = QUICK_SIZE if preset == "quick" else preset_size(preset, network)
             for batch_size in args.batch_sizes:
-                print(f"inference {network} at {size.input_size} px, batch {batch_size} ...", flush=True)
+                print(f"inference {network} at {size.label} px, batch {batch_size} ...", flush=True)
                 rows.append({"preset": preset,
                              **measure_inference(network, size, batch_size, args.warmup, args.repeats),
                              "load_average": list(os.getloadavg())})

@@ -6,7 +6,8 @@ warm-up (compilation), the FLOPs of a step (forward + backward = 3 x the analyti
 measured dense matmul rate of the device in the compute dtype, `benchmarks.common.matmul_tflops`), peak host
 memory (RSS) and, on a GPU, peak device memory. The training step is the project's own:
 `utils.training.model.HeatmapTrainer` (the network, Gaussian targets drawn in the graph from the batch's
-points with fixed or, with ``--targets learned``, learned sigmas, L2 heatmap loss, SGD with Nesterov momentum)
+points with fixed or, with ``--targets learned``, learned sigmas, or with ``--targets none`` an all-zero
+target that tells the rendering's share of the step; L2 heatmap loss, SGD with Nesterov momentum)
 and ``train_on_batch``, on random batches of images and points.
 
 Second part: the SCN's spatial configuration as ONE leave-one-out (masked N -> N) convolution, as
@@ -52,6 +53,7 @@ from benchmarks.common import (  # noqa: E402
     write_results,
 )
 from network import NETWORKS, LeaveOneOutConv, build_network, count_flops  # noqa: E402
+from utils.landmarks.targets import GaussianTargets  # noqa: E402
 
 # --- parameters --------------------------------------------------------------------------------------------
 NUM_LANDMARKS = 37  # hand X-ray setup
@@ -59,23 +61,35 @@ NUM_LANDMARKS = 37  # hand X-ray setup
 
 @dataclass(frozen=True)
 class Size:
-    """A network size: input side (pixels, square 2D images), filters per convolution, batch size."""
+    """A network size: input size (x, y[, z]) in pixels, filters per convolution, batch size, landmarks."""
 
-    input_size: int
+    input_size: tuple[int, ...]
     num_filters: int
     batch_size: int
+    num_landmarks: int = NUM_LANDMARKS
+
+    @property
+    def label(self) -> str:
+        return "x".join(map(str, self.input_size))
 
 
 # The sizes of main.py's presets (image_size, num_filters, batch_size; per-network exceptions), kept here so
 # that the benchmarks run without the data pipeline; tests/test_benchmarks.py checks them against main.py.
 PRESET_SIZES = {
-    "cpu": {"default": Size(input_size=128, num_filters=16, batch_size=8)},
+    "cpu": {"default": Size(input_size=(128, 128), num_filters=16, batch_size=8)},
     "paper": {
-        "default": Size(input_size=256, num_filters=128, batch_size=8),
-        "conv_only": Size(input_size=128, num_filters=128, batch_size=8),  # the paper's ConvOnly-Net input
+        "default": Size(input_size=(256, 256), num_filters=128, batch_size=8),
+        "conv_only": Size(input_size=(128, 128), num_filters=128, batch_size=8),  # the paper's ConvOnly-Net
     },
 }
-QUICK_SIZE = Size(input_size=32, num_filters=8, batch_size=2)  # smoke test, seconds
+# 3D sizes: the authors' spine CT setup (REFERENCE.md section 2: 26 vertebrae, input 96 x 96 x 192, batch 1,
+# SCN with F = 64), for every 3D network: what a full-size 3D run costs per step; and main.py's CPU-sized 3D
+# defaults (`--dim 3`, main.CPU_3D; checked against main.py by tests/test_benchmarks.py).
+OTHER_SIZES = {
+    "spine": {"default": Size(input_size=(96, 96, 192), num_filters=64, batch_size=1, num_landmarks=26)},
+    "cpu3d": {"default": Size(input_size=(32, 32, 48), num_filters=16, batch_size=2, num_landmarks=10)},
+}
+QUICK_SIZE = Size(input_size=(32, 32), num_filters=8, batch_size=2)  # smoke test, seconds
 BACKWARD_FACTOR = 3  # forward + backward FLOPs ~ 3 x forward (weight and input gradients cost one each)
 LEARNING_RATE = 1e-7  # the paper's SGD step size; the value does not change the timing
 
@@ -94,8 +108,9 @@ def resolve_precision(precision: str) -> str:
 
 
 def preset_size(preset: str, network: str) -> Size:
-    """The size `main.py` trains `network` at with `preset` ("cpu" or "paper"), see `PRESET_SIZES`."""
-    sizes = PRESET_SIZES[preset]
+    """The size `main.py` trains `network` at with `preset` ("cpu" or "paper"), see `PRESET_SIZES`, or that
+    of `OTHER_SIZES`."""
+    sizes = (PRESET_SIZES | OTHER_SIZES)[preset]
     return sizes.get(network, sizes["default"])
 
 
@@ -109,8 +124,19 @@ def random_batch(network: keras.Model, batch_size: int, rng: np.random.Generator
     return {"image": image, "points": points.astype(np.float32), "mask": mask}
 
 
+class ZeroTargets(GaussianTargets):
+    """An all-zero target of the same shape: the step without rendering, to measure the rendering's share."""
+
+    def call(self, inputs):
+        points, _ = inputs
+        return keras.ops.zeros((keras.ops.shape(points)[0], *self.shape, self.num_landmarks), "float32")
+
+
+TARGET_KINDS = {"fixed": GaussianTargets, "learned": GaussianTargets, "none": ZeroTargets}
+
+
 def measure_training(network: str, size: Size, precision: str, warmup: int, steps: int,
-                     peak_tflops: float | None, matmul_size: int = 2048, learn_sigma: bool = False
+                     peak_tflops: float | None, matmul_size: int = 2048, targets_kind: str = "fixed"
                      ) -> dict[str, Any]:
     """Builds `network` at `size` in `precision`, trains `warmup` + `steps` batches, returns the figures.
 
@@ -122,7 +148,8 @@ def measure_training(network: str, size: Size, precision: str, warmup: int, step
         steps: timed steps.
         peak_tflops: peak rate for ``percent_of_peak``; None: measure the matmul rate in the compute dtype.
         matmul_size: matrix side of that measurement.
-        learn_sigma: train one sigma per landmark (its regulariser included) instead of fixed sigmas.
+        targets_kind: "fixed" sigmas; "learned": one trainable sigma per landmark (its regulariser included);
+            "none": an all-zero target instead of rendering (the step minus the rendering).
 
     Returns:
         A dict with the configuration, ``ms_per_step`` (median), ``best_ms_per_step``, ``images_per_s``
@@ -130,7 +157,6 @@ def measure_training(network: str, size: Size, precision: str, warmup: int, step
         ``percent_of_peak``, ``rss_peak_bytes``, ``rss_baseline_bytes``, ``device_peak_bytes`` (None on a
         CPU), ``final_loss``, ``jit_compile`` and the raw timing.
     """
-    from utils.landmarks.targets import GaussianTargets
     from utils.training.model import HeatmapTrainer, make_optimizer
 
     policy = resolve_precision(precision)
@@ -140,11 +166,12 @@ def measure_training(network: str, size: Size, precision: str, warmup: int, step
     if peak_tflops is None:
         peak_tflops = matmul_tflops(compute_dtype, size=matmul_size)
         peak_source = f"measured {compute_dtype} matmul"
-    side = size.input_size
     reset_device_peak_memory()
     with PeakMemory() as memory:
-        model = build_network(network, (side, side, 1), NUM_LANDMARKS, num_filters=size.num_filters)
-        targets = GaussianTargets(NUM_LANDMARKS, model.output.shape[1:-1], 3.0, learn_sigma=learn_sigma)
+        model = build_network(network, (*size.input_size[::-1], 1), size.num_landmarks,
+                              num_filters=size.num_filters)
+        targets = TARGET_KINDS[targets_kind](size.num_landmarks, model.output.shape[1:-1], 3.0,
+                                             learn_sigma=targets_kind == "learned")
         trainer = HeatmapTrainer(model, targets, sigma_regularization=1.0)
         trainer.compile(optimizer=make_optimizer("sgd", LEARNING_RATE))
         batch = random_batch(model, size.batch_size, np.random.default_rng(0))
@@ -157,8 +184,8 @@ def measure_training(network: str, size: Size, precision: str, warmup: int, step
     return {
         "network": network,
         "precision": policy,
-        "targets": "learned" if learn_sigma else "fixed",
-        "input_size": side,
+        "targets": targets_kind,
+        "input_size": size.label,
         "num_filters": size.num_filters,
         "batch_size": size.batch_size,
         "ms_per_step": 1e3 * timing.median,
@@ -260,20 +287,26 @@ def measure_scn_spatial(batch_size: int, grid: int, channels: int, kernel_size: 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
-    parser.add_argument("--size", choices=("cpu", "paper"), default="cpu",
+    parser.add_argument("--size", choices=(*PRESET_SIZES, *OTHER_SIZES), default="cpu",
                         help="main.py preset whose sizes are used (cpu: 128 px, 16 filters; paper: 256 px, "
-                             "128 filters, ConvOnly-Net 128 px; batch 8)")
-    parser.add_argument("--input-size", type=int, help="override the input side of the preset, pixels")
+                             "128 filters, ConvOnly-Net 128 px; batch 8), cpu3d (main.py --dim 3: 32x32x48, "
+                             "16 filters, batch 2) or spine (the authors' 3D spine CT: 96x96x192, 64 "
+                             "filters, batch 1)")
+    parser.add_argument("--input-size", type=int, nargs="+", metavar="N",
+                        help="override the input size of the preset, x y [z] pixels")
     parser.add_argument("--filters", type=int, help="override the filters per convolution of the preset")
     parser.add_argument("--batch-size", type=int, help="override the batch size of the preset")
     parser.add_argument("--precisions", nargs="+", default=["float32", "mixed"],
                         help="Keras dtype policies; 'mixed': mixed_float16 on a GPU, mixed_bfloat16 on a CPU")
-    parser.add_argument("--targets", nargs="+", choices=("fixed", "learned"), default=["fixed"],
-                        help="sigmas of the in-graph targets: fixed, and/or learned (reports the extra cost)")
+    parser.add_argument("--targets", nargs="+", choices=tuple(TARGET_KINDS), default=["fixed"],
+                        help="in-graph targets: fixed sigmas, learned sigmas (reports the extra cost), none "
+                             "(all-zero targets: the step without rendering, for the rendering's share)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps")
     parser.add_argument("--peak-tflops", type=float,
                         help="peak rate for the percentage (TFLOP/s); default: the measured matmul rate")
+    parser.add_argument("--matmul-size", type=int, default=2048,
+                        help="matrix side of the peak-rate measurement (8192 on a large GPU)")
     parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                         help="one fresh process per measurement (default: on, off with --quick)")
     parser.add_argument("--skip-scn-spatial", action="store_true",
@@ -299,9 +332,10 @@ def network_size(args: argparse.Namespace, network: str) -> Size:
     """The size to measure `network` at: the preset's (or `QUICK_SIZE`), with the command-line overrides."""
     base = QUICK_SIZE if args.quick else preset_size(args.size, network)
     return Size(
-        input_size=args.input_size or base.input_size,
+        input_size=tuple(args.input_size or base.input_size),
         num_filters=args.filters or base.num_filters,
         batch_size=args.batch_size or base.batch_size,
+        num_landmarks=base.num_landmarks,
     )
 
 
@@ -313,18 +347,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for network in args.networks:
             for kind in args.targets:
                 size = network_size(args, network)
-                print(f"training {network} at {size.input_size} px, {precision}, {kind} sigmas ...",
+                print(f"training {network} at {size.label} px, {precision}, {kind} targets ...",
                       flush=True)
                 rows.append(run(measure_training, network, size, precision, args.warmup, args.steps,
-                                args.peak_tflops, 256 if args.quick else 2048, kind == "learned"))
+                                args.peak_tflops, 256 if args.quick else args.matmul_size, kind))
+                row = rows[-1]  # printed at once: a long run that is stopped keeps what it measured
+                print(f"  {row['ms_per_step']:.1f} ms/step (best {row['best_ms_per_step']:.1f}), "
+                      f"{row['gflop_per_step']:.0f} GFLOP, {row['achieved_tflops']:.2f} TFLOP/s = "
+                      f"{row['percent_of_peak']:.0f} % of {row['peak_tflops']:.1f} ({row['peak_source']}), "
+                      f"last loss {row['final_loss']:.6g}",
+                      flush=True)
     machine = rows[0]["machine"]
     for row in rows:  # keep only the load of each measurement: it tells which ones shared the machine
         row["load_average"] = row.pop("machine")["load_average"]
     print(format_table(
         [{**row, "rss_mib": _mib(row["rss_peak_bytes"]), "device_mib": _mib(row["device_peak_bytes"])}
          for row in rows],
-        [("network", "network", "s"), ("precision", "precision", "s"), ("targets", "sigmas", "s"),
-         ("input_size", "px", "d"),
+        [("network", "network", "s"), ("precision", "precision", "s"), ("targets", "targets", "s"),
+         ("input_size", "px", "s"),
          ("ms_per_step", "ms/step", ".0f"), ("images_per_s", "img/s", ".2f"),
          ("gflop_per_step", "GFLOP", ".0f"),
          ("achieved_tflops", "TFLOP/s", ".3f"), ("percent_of_peak", "% peak", ".0f"),

@@ -59,8 +59,13 @@ def test_preset_sizes_match_main():
         for network in training.NETWORKS:
             params = main.resolve(preset, {}, network)
             size = training.preset_size(preset, network)
-            assert params.image_size == (size.input_size, size.input_size), (preset, network)
+            assert params.image_size == size.input_size, (preset, network)
             assert (params.num_filters, params.batch_size) == (size.num_filters, size.batch_size)
+    for network in ("scn", "unet", "scn_mia"):  # the 3D networks at main.py's CPU-sized 3D defaults
+        params = main.resolve("cpu", {"dim": 3}, network)
+        size = training.preset_size("cpu3d", network)
+        assert (params.image_size, params.num_filters, params.batch_size, params.num_landmarks) == (
+            size.input_size, size.num_filters, size.batch_size, size.num_landmarks)
 
 
 def test_time_calls_separates_warmup_and_checks_counts():
