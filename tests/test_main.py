@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import main
-from main import PRESETS, Parameters, parser, resolve
+from main import CPU_3D, PRESETS, Parameters, parser, resolve
 from network import heatmap_factor
 from utils.io.landmarks import read_landmarks_csv
 from utils.synthetic import generate_hand_dataset
@@ -81,6 +81,14 @@ def test_presets_resolve_to_the_documented_values():
     optimizer = make_optimizer(paper.optimizer, paper.learning_rate, paper.momentum)
     assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.nesterov
     assert optimizer.momentum == 0.99 and float(optimizer.learning_rate) == pytest.approx(1e-7)
+
+
+def test_dim_3_takes_the_cpu_sized_3d_defaults():
+    volume = resolve("cpu", {"dim": 3})
+    assert volume.dim == 3 and {key: getattr(volume, key) for key in CPU_3D} == CPU_3D
+    assert volume.networks == Parameters().networks  # the same default network in 2D and 3D
+    assert resolve("cpu", {"dim": 3, "max_iter": 5, "image_size": [16, 16, 16]}).image_size == (16, 16, 16)
+    assert resolve("cpu", {"dim": 2}) == Parameters()  # 2D keeps the cpu preset
 
 
 def test_parameter_checks_name_the_option():
