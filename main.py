@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset import DATA_SPECS, Dataset
+from dataset import DATA_SPECS, NORMALIZATIONS, Dataset
 from utils.data.loader import LoaderError, SampleError
 from utils.data.validate import ValidationReport, validate_dataset
 from utils.io.atomic import write_json_atomic
@@ -38,6 +38,7 @@ from utils.io.errors import DataError
 from utils.landmarks.statistics import format_fold_table, landmark_statistics
 from utils.synthetic import generate_hand_dataset, generate_volume_dataset
 from utils.training.output import RunFolder, config_to_dict, read_config
+from utils.transforms.bspline import BSPLINE_GRIDS
 
 # Loader workers are spawned processes that import this file again, as "__mp_main__", before they unpickle
 # their sample maker (from dataset.py). They need no Keras: leaving it (and TensorFlow) out saves each worker
@@ -82,6 +83,19 @@ class Parameters:
     cv: str = _field("1", "cross-validation fold; 'all' runs folds 1-3, 'none' uses setup/{train,test}.txt",
                      choices=("1", "2", "3", "all", "none"))
     image_size: tuple[int, ...] = _field((128, 128), "network input size in pixels, W H [D]", metavar="N")
+    # ---- augmentation (strengths in dataset.py AUGMENTATION_2D / AUGMENTATION_3D) ----
+    random_scaling: bool = _field(True, "random scaling in the spatial chain (2D: factors 1 +- 0.1, times "
+                                  "1 +- 0.05 per axis; the authors' hand chain has none)")
+    bspline_grid: str = _field("image", "B-spline node layout: image (ours: the nodes span the image from "
+                               "corner to corner, every node moves it) or mesh (the authors': nodes - 3 mesh "
+                               "cells over the output, nodes reach one cell beyond it: smoother warps)",
+                               choices=BSPLINE_GRIDS)
+    intensity_normalization: str = _field("image", "robust normalisation to [-1, 1]: image (1st/99th "
+                                          "percentile of the whole image, once per image) or patch (the "
+                                          "authors': 5th/95th percentile of each resampled patch, padding "
+                                          "included)", choices=tuple(NORMALIZATIONS))
+    clamp: bool = _field(True, "clip the intensities to [-1, 1] after the random shift and scale (the "
+                         "authors' hand setup does not)")
     # ---- targets ----
     sigma: float = _field(3.0, "Gaussian sigma of the targets in heatmap pixels (the initial value with "
                           "--learn-sigma)", metavar="S")
@@ -90,6 +104,8 @@ class Parameters:
                                      "landmark instead of one sigma")
     sigma_regularization: float = _field(1.0, "weight of the sigma regulariser sum(sigma^2) / 2 / batch, "
                                          "in loss units per heatmap pixel^2", metavar="X")
+    target_peak: float = _field(1.0, "peak height of the targets at the initial sigma (the MIA 2019 setups: "
+                                "their scale / (2 pi sigma^2) in 2D)", metavar="X")
     # ---- model ----
     networks: tuple[str, ...] = _field(("scn",), "network(s) to train", metavar="NAME")
     num_filters: int = _field(16, "convolution filters per layer (paper: 128)")
@@ -100,6 +116,13 @@ class Parameters:
     learning_rate: float = _field(3e-4, "step size (paper SGD: 1e-7, for the loss sum of squares / 2 / "
                                   "batch)", metavar="LR")
     momentum: float = _field(0.99, "SGD momentum (ignored by Adam)", metavar="X")
+    clip_norm: float | None = _field(None, "clip the gradients to this global norm (MIA 2019: 10000); None: "
+                                     "off", type=float, metavar="X")
+    lr_boundaries: tuple[int, ...] = _field((), "iterations after which the learning rate changes to the "
+                                            "next of --lr-values (piecewise constant; resumed runs stay on "
+                                            "it)", type=int, nargs="*", metavar="ITER")
+    lr_values: tuple[float, ...] = _field((), "learning rates after each of --lr-boundaries", type=float,
+                                          nargs="*", metavar="LR")
     batch_size: int = _field(8, "images per iteration")
     max_iter: int = _field(1000, "training iterations (batches)")
     test_iter: int = _field(250, "test on the validation images every N iterations")
@@ -124,9 +147,9 @@ class Parameters:
         if len(self.image_size) != self.dim or min(self.image_size) < 1:
             raise ValueError(f"--image-size needs {self.dim} positive sizes (--dim {self.dim}), "
                              f"got {self.image_size}")
-        if not self.sigma > 0 or not self.learning_rate > 0 or self.weight_decay < 0:
-            raise ValueError(f"--sigma and --learning-rate must be positive and --weight-decay >= 0, got "
-                             f"{self.sigma}, {self.learning_rate}, {self.weight_decay}")
+        if not self.sigma > 0 or not self.target_peak > 0 or self.weight_decay < 0:
+            raise ValueError(f"--sigma and --target-peak must be positive and --weight-decay >= 0, got "
+                             f"{self.sigma}, {self.target_peak}, {self.weight_decay}")
         if self.sigma_regularization < 0 or self.workers < 0:
             raise ValueError(f"--sigma-regularization and --workers must be >= 0, got "
                              f"{self.sigma_regularization}, {self.workers}")
@@ -197,7 +220,7 @@ def parser() -> argparse.ArgumentParser:
     defaults = Parameters()
     for field in dataclasses.fields(Parameters):
         default = getattr(defaults, field.name)
-        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = " ".join(map(str, default)) or "none" if isinstance(default, tuple) else default
         cli = dict(field.metadata)
         kwargs: dict = {"dest": field.name, "default": argparse.SUPPRESS,
                         "help": f"{cli.pop('help')} (default: {shown})"}
@@ -303,6 +326,12 @@ def check_dataset(params: Parameters, folds_to_check: str) -> ValidationReport:
                             ignore_spacing=spec.ignore_spacing)
 
 
+def optimizer(params: Parameters) -> keras.optimizers.Optimizer:
+    """The run's optimizer (checks the learning rate, clip norm and schedule)."""
+    return make_optimizer(params.optimizer, params.learning_rate, params.momentum, params.clip_norm,
+                          params.lr_boundaries, params.lr_values)
+
+
 def run_name(network: str, fold: str) -> str:
     """The run folder name of a network on a fold: "scn_cv1", or "scn_full" for --cv none."""
     return f"{network}_full" if fold == "none" else f"{network}_cv{fold}"
@@ -325,9 +354,10 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
                             num_filters=params.num_filters, weight_decay=params.weight_decay)
     heatmap_shape = tuple(network.output.shape[1:-1])  # ([z,] y, x): the one source of the heatmap grid
     targets = GaussianTargets(params.num_landmarks, heatmap_shape, params.sigma,
-                              learn_sigma=params.learn_sigma, anisotropic=params.anisotropic_sigma)
+                              learn_sigma=params.learn_sigma, anisotropic=params.anisotropic_sigma,
+                              peak=params.target_peak)
     model = HeatmapTrainer(network, targets, params.sigma_regularization)
-    model.compile(optimizer=make_optimizer(params.optimizer, params.learning_rate, params.momentum))
+    model.compile(optimizer=optimizer(params))
     # ---- data: images and points on that grid ----
     with Dataset(
         dataset_folder(params),
@@ -337,6 +367,10 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
         num_landmarks=params.num_landmarks,
         fold=params.cv,
         batch_size=params.batch_size,
+        augmentation={"deformation_grid": params.bspline_grid} | ({} if params.random_scaling
+                                                                   else {"scaling": None}),
+        normalization=params.intensity_normalization,
+        clamp=params.clamp,
         seed=params.seed,
         workers=params.workers,
         cache_bytes=params.cache_mb * 2**20,
@@ -410,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     runs.append((dataclasses.replace(per_network, cv=fold), None))
             for network, size in {(p.networks[0], p.image_size) for p, _ in runs}:  # sizes the networks take
                 build_network(network, (*reversed(size), 1), experiment.num_landmarks, num_filters=1)
+            optimizer(experiment)
         if not check_only:
             prepare_dataset(experiment)
         report = check_dataset(experiment, experiment.cv)
