@@ -4,7 +4,8 @@ Run from the repository root:
 
     python main.py                                      # CPU preset: synthetic hands (generated on the
                                                         # first run into data/synthetic_hand/), a few minutes
-    python main.py --preset paper --dataset hand_xray_dataset   # the papers' hand setup, 3-fold CV (GPU)
+    python main.py --preset paper                       # the authors' MICCAI 2016 hand setup, 3-fold CV (GPU)
+    python main.py --preset mia2019                     # their MIA 2019 SCN with learned sigmas on the hands
     python main.py --network scn unet --cv all --max-iter 2000  # several networks x folds
     python main.py --dataset DIR --dim 3 --num-landmarks 10 --image-size 64 64 64  # 3D volumes
     python main.py --resume output/scn_cv1/<timestamp>  # continue a run from its last checkpoint
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -157,29 +159,61 @@ class Parameters:
             raise ValueError("--anisotropic-sigma needs --learn-sigma (fixed sigmas are isotropic)")
 
 
-# Presets: values that replace the defaults above. "cpu" is the default above (a few minutes on 2 cores);
-# "paper" is the hand configuration of Payer et al. (MIA 2019): 256x256 input, sigma 3 px, batch 8,
-# 20,000 iterations, tests every 5,000, SGD with Nesterov momentum 0.99 and learning rate 1e-7, weight decay
-# 5e-5, 128 filters, 3-fold cross-validation on the Digital Hand Atlas.
+# Presets: values that replace the defaults above, each with where it comes from. "cpu" is the default
+# above (a few minutes on 2 cores). The sources are the authors' public code (christianpayer/
+# MedicalDataAugmentationTool-HeatmapRegression); README "Training on the real hand radiographs" lists the
+# same values, their sources and the published figures to compare with.
+_HAND_SETUP = {  # the data and chain of the authors' hand_xray example (README: "The hand setup")
+    "dataset": "hand_xray_dataset",  # their all.csv and published folds cv/set1-3, shipped there
+    "dim": 2,
+    "data_spec": "hand_xray",  # pixel CSV, spacing ignored, mm from landmarks 1 and 5 = 50 mm
+    "num_landmarks": 37,
+    "cv": "all",  # 3-fold cross-validation on the published folds
+    "image_size": (256, 256),  # input 256 x 256 (ConvOnly-Net: NETWORK_PRESETS)
+    "random_scaling": False,  # translation +-10 px, rotation +-0.2 rad, no scaling (dataset.AUGMENTATION_2D)
+    "bspline_grid": "mesh",  # 5 x 5 nodes, max 20 px, their mesh of nodes - 3 cells over the output
+    "intensity_normalization": "patch",  # 5th/95th percentile of each patch -> [-1, 1], then shift and
+    "clamp": False,  # scale +-0.15 (DataSpec hand_xray), no clamp
+    "test_at_start": True,  # they test at iteration 0
+}
 PRESETS: dict[str, dict] = {
     "cpu": {},
-    "paper": {
-        "dataset": "hand_xray_dataset",
-        "dim": 2,
-        "data_spec": "hand_xray",
-        "num_landmarks": 37,
-        "cv": "all",
-        "image_size": (256, 256),
-        "sigma": 3.0,
+    # MICCAI 2016, the authors' hand_xray example exactly (README "The hand setup"): the four networks.
+    "paper": _HAND_SETUP | {
+        "sigma": 3.0,  # heatmaps 256 x 256, sigma 3 px (Downsampling-Net: NETWORK_PRESETS)
         "networks": ("scn", "unet", "downsampling_net", "conv_only"),
         "num_filters": 128,
-        "weight_decay": 5e-5,
-        "optimizer": "sgd",
+        "weight_decay": 5e-5,  # L2 on the kernels, 5e-5 * sum(w^2) / 2
+        "optimizer": "sgd",  # SGD, Nesterov momentum 0.99, lr 1e-7 for the loss sum of squares / 2 / batch
         "learning_rate": 1e-7,
         "momentum": 0.99,
         "batch_size": 8,
         "max_iter": 20000,
-        "test_iter": 5000,
+        "test_iter": 5000,  # tests every 5,000 iterations and at 0
+        "snapshot_iter": 5000,
+    },
+    # MIA 2019: scn_mia (F=128, D=16, K=11: their cephalogram network) with learned sigmas, trained with
+    # their cephalogram optimiser and schedule, adapted to the hands. Adaptations are marked "hands:".
+    "mia2019": _HAND_SETUP | {
+        # hands: 256 x 256 input, the hand chain and intensities above (cep: 512 x 512, mm-based chain,
+        # intensities (x - 128) / 128 with a clamp)
+        "networks": ("scn_mia",),
+        "num_filters": 128,
+        "learn_sigma": True,
+        "sigma": 3.0,  # hands: the initial sigma of the hand heatmaps at 256 x 256 (cep: 2.5 px at 512 x 512)
+        "target_peak": 100.0 / (2.0 * math.pi * 3.0**2),  # their Gaussian normalised to integral 1 times
+        # scale 100, peak 100 / (2 pi sigma_0^2) = 1.77 at sigma_0 = 3: the loss keeps their units, so the
+        # regulariser, the clip norm and the learning rate below keep their values
+        "sigma_regularization": 100.0,  # sigma_reg * sum(sigma^2 of present landmarks) / 2 / batch
+        "weight_decay": 1e-3,  # their cep L2 factor, as 1e-3 * sum(w^2) / 2
+        "optimizer": "sgd",  # SGD with Nesterov momentum 0.99
+        "momentum": 0.99,
+        "learning_rate": 1e-6,
+        "clip_norm": 10000.0,  # gradients clipped to global norm 10,000
+        "batch_size": 8,  # hands: batch 8 of the hand setup (cep: 1); the loss is a mean over the batch, so
+        # the learning rate stays; 30,000 x 8 = 400 epochs of 597 images (cep: 200 epochs of 150)
+        "max_iter": 30000,
+        "test_iter": 5000,  # tests every 5,000 iterations and at 0
         "snapshot_iter": 5000,
     },
 }
@@ -188,6 +222,7 @@ PRESETS: dict[str, dict] = {
 NETWORK_PRESETS: dict[str, dict[str, dict]] = {
     "cpu": {"downsampling_net": {"sigma": 1.5}},
     "paper": {"conv_only": {"image_size": (128, 128)}, "downsampling_net": {"sigma": 1.5}},
+    "mia2019": {},
 }
 
 
@@ -326,6 +361,12 @@ def check_dataset(params: Parameters, folds_to_check: str) -> ValidationReport:
                             ignore_spacing=spec.ignore_spacing)
 
 
+def augmentation(params: Parameters) -> dict:
+    """The run's changes to the spatial chain of dataset.py: the B-spline layout, and no scaling step when
+    --no-random-scaling."""
+    return {"deformation_grid": params.bspline_grid} | ({} if params.random_scaling else {"scaling": None})
+
+
 def optimizer(params: Parameters) -> keras.optimizers.Optimizer:
     """The run's optimizer (checks the learning rate, clip norm and schedule)."""
     return make_optimizer(params.optimizer, params.learning_rate, params.momentum, params.clip_norm,
@@ -367,8 +408,7 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
         num_landmarks=params.num_landmarks,
         fold=params.cv,
         batch_size=params.batch_size,
-        augmentation={"deformation_grid": params.bspline_grid} | ({} if params.random_scaling
-                                                                   else {"scaling": None}),
+        augmentation=augmentation(params),
         normalization=params.intensity_normalization,
         clamp=params.clamp,
         seed=params.seed,
