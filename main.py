@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import math
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -244,9 +245,14 @@ def parser() -> argparse.ArgumentParser:
     parse = argparse.ArgumentParser(
         prog="main.py",
         description="Landmark localisation by heatmap regression: train, test, summarise networks x folds.",
+        epilog="presets (the values they set; each value's source is in main.py PRESETS and the README):\n"
+        + "\n".join(_preset_text(name) for name in PRESETS if name != "cpu"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parse.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                       help="parameter preset (default: cpu, see main.py)")
+                       help="parameter preset: cpu (the defaults below), paper (the authors' MICCAI 2016 "
+                       "hand setup), mia2019 (their MIA 2019 SCN with learned sigmas, adapted to the "
+                       "hands); their values at the end (default: cpu)")
     parse.add_argument("--resume", metavar="RUN_DIR",
                        help="continue a run folder from its last checkpoint, with its config.json")
     parse.add_argument("--check", action="store_true",
@@ -273,6 +279,24 @@ def parser() -> argparse.ArgumentParser:
         kwargs.update(cli)
         parse.add_argument(_option(field.name), **kwargs)
     return parse
+
+
+def _preset_text(name: str) -> str:
+    """A preset's values as options, wrapped: "  paper: --dim 2 ... (conv_only: --image-size 128 128)"."""
+    def options(values: dict) -> str:
+        words = []
+        for key, value in values.items():
+            if isinstance(value, bool):
+                words.append(_option(key) if value else _option(key).replace("--", "--no-", 1))
+            else:
+                shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+                words.append(f"{_option(key)} {shown}")
+        return " ".join(words)
+
+    exceptions = [f"{network}: {options(values)}" for network, values in NETWORK_PRESETS[name].items()]
+    text = f"{name}: {options(PRESETS[name])}" + (f" ({', '.join(exceptions)})" if exceptions else "")
+    return textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="    ",
+                         break_on_hyphens=False)
 
 
 def _replace(params: Parameters, values: dict) -> Parameters:

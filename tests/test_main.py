@@ -38,6 +38,11 @@ def test_help_lists_every_parameter_with_its_unit(capsys):
     for option in ("--preset", "--resume", "--cv {1,2,3,all,none}", "--dim {2,3}", "--optimizer {sgd,adam}"):
         assert option in text
     assert "network input size in pixels" in text and "in heatmap pixels" in text
+    for preset in ("paper", "mia2019"):  # every value of each preset, as options
+        assert f"{preset}: --dataset hand_xray_dataset" in text
+    assert "--no-random-scaling --bspline-grid mesh --intensity-normalization patch --no-clamp" in text
+    assert "--clip-norm 10000.0" in text
+    assert "(conv_only: --image-size 128 128, downsampling_net: --sigma 1.5)" in text
 
 
 def test_command_line_values_override_the_preset():
