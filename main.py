@@ -164,7 +164,7 @@ class Parameters:
 # above (a few minutes on 2 cores). The sources are the authors' public code (christianpayer/
 # MedicalDataAugmentationTool-HeatmapRegression); README "Training on the real hand radiographs" lists the
 # same values, their sources and the published figures to compare with.
-_HAND_SETUP = {  # the data and chain of the authors' hand_xray example (README: "The hand setup")
+_HAND_SETUP = {  # the data and chain of the authors' hand_xray example (REFERENCE section 1)
     "dataset": "hand_xray_dataset",  # their all.csv and published folds cv/set1-3, shipped there
     "dim": 2,
     "data_spec": "hand_xray",  # pixel CSV, spacing ignored, mm from landmarks 1 and 5 = 50 mm
@@ -179,7 +179,7 @@ _HAND_SETUP = {  # the data and chain of the authors' hand_xray example (README:
 }
 PRESETS: dict[str, dict] = {
     "cpu": {},
-    # MICCAI 2016, the authors' hand_xray example exactly (README "The hand setup"): the four networks.
+    # MICCAI 2016, the authors' hand_xray example exactly (REFERENCE section 1): the four networks.
     "paper": _HAND_SETUP | {
         "sigma": 3.0,  # heatmaps 256 x 256, sigma 3 px (Downsampling-Net: NETWORK_PRESETS)
         "networks": ("scn", "unet", "downsampling_net", "conv_only"),
