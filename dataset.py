@@ -49,8 +49,8 @@ from utils.transforms.geometry import Geometry
 from utils.transforms.intensity import IntensityAugmentation
 from utils.transforms.spatial import SampleTransform, SpatialAugmentation
 
-__all__ = ["AUGMENTATION_2D", "AUGMENTATION_3D", "DATA_SPECS", "HAND_XRAY", "PHYSICAL", "DataSpec", "Dataset",
-           "ValidationSample", "spatial_chain"]
+__all__ = ["AUGMENTATION_2D", "AUGMENTATION_3D", "DATA_SPECS", "HAND_XRAY", "NORMALIZATIONS", "PHYSICAL",
+           "DataSpec", "Dataset", "ValidationSample", "spatial_chain"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ AUGMENTATION_2D = {
     "scaling": (0.1, 0.05),  # maximum relative isotropic and per-axis anisotropic scale change
     "deformation_nodes": 5,  # B-spline control nodes per axis over the output grid
     "deformation": 20.0,  # maximum B-spline displacement, output pixels
+    "deformation_grid": "image",  # B-spline node layout: "image" (ours) or "mesh" (the authors')
 }
 AUGMENTATION_3D = {
     "translation": 8.0,
@@ -102,21 +103,31 @@ AUGMENTATION_3D = {
     "scaling": (0.1, 0.05),
     "deformation_nodes": 4,
     "deformation": 6.0,
+    "deformation_grid": "image",
 }
+# Robust intensity normalisation to [-1, 1], before the random shift and scale. "image": the 1st/99th
+# percentile of the whole source image, once per image (ours: every sample of an image gets the same map,
+# and a patch showing mostly padding or bone is not stretched); "patch": the 5th/95th percentile of each
+# resampled patch, padding zeros included (the authors' hand setup).
+NORMALIZATIONS = {"image": None, "patch": (5.0, 95.0)}
 
 
-def spatial_chain(translation: float, rotation: float, scaling: tuple[float, float], deformation_nodes: int,
-                  deformation: float) -> SpatialAugmentation:
+def spatial_chain(translation: float, rotation: float, scaling: tuple[float, float] | None,
+                  deformation_nodes: int, deformation: float, deformation_grid: str = "image"
+                  ) -> SpatialAugmentation:
     """The spatial chain: image centre to the origin, fit to the output keeping the aspect ratio, random
-    translation (output pixels), rotation (radians) and scaling (relative isotropic, per-axis), origin to the
-    output centre, then a random B-spline deformation (nodes per axis, output pixels). Validation samples
-    take it without its random parts. Edit it to change the chain: `utils.transforms.affine` also has fixed
+    translation (output pixels), rotation (radians) and scaling (relative isotropic, per-axis; None: no
+    scaling step, as in the authors' hand chain), origin to the output centre, then a random B-spline
+    deformation (nodes per axis, output pixels, node layout "image" or "mesh": see
+    `utils.transforms.bspline.RandomBSplineDeformation`). Validation samples take it without its random
+    parts. Edit it to change the chain: `utils.transforms.affine` also has fixed
     `Translate`, `Rotate`, `Scale`, `Flip` and a `RandomFlip` (which keeps the landmark order: use it only
     for data whose landmarks have no left/right identity)."""
+    scale = [] if scaling is None else [RandomScale(*scaling)]
     return SpatialAugmentation(
         [CenterToOrigin(), FitToOutput(keep_aspect=True), RandomTranslate(translation),
-         RandomRotate(rotation), RandomScale(*scaling), OriginToOutputCenter()],
-        deformation=RandomBSplineDeformation(deformation_nodes, deformation),
+         RandomRotate(rotation), *scale, OriginToOutputCenter()],
+        deformation=RandomBSplineDeformation(deformation_nodes, deformation, deformation_grid),
     )
 
 
@@ -186,7 +197,11 @@ class Dataset:
         fold: Cross-validation fold 1, 2 or 3 (int or str), or None / "none" for setup/{train,test}.txt.
         batch_size: Samples per training batch.
         augmentation: Strengths for `spatial_chain`, replacing those of `AUGMENTATION_2D` / `AUGMENTATION_3D`
-            (output pixels, radians, relative factors, nodes per axis, output pixels).
+            (output pixels, radians, relative factors or None, nodes per axis, output pixels, node layout).
+        normalization: Robust intensity normalisation, a key of `NORMALIZATIONS`: "image" (1st/99th
+            percentile of each source image) or "patch" (5th/95th of each resampled patch).
+        clamp: Clip the intensities to [-1, 1] after the random shift and scale (the authors' hand setup
+            does not).
         seed: Seed of the data order and every augmentation draw.
         workers: Loader processes (0: in the calling process).
         cache_bytes: Memory limit of each process's cache of decoded images, bytes.
@@ -209,6 +224,8 @@ class Dataset:
         fold: int | str | None = 1,
         batch_size: int = 8,
         augmentation: dict | None = None,
+        normalization: str = "image",
+        clamp: bool = True,
         seed: int = 0,
         workers: int = 0,
         cache_bytes: int = 1 << 30,
@@ -231,6 +248,8 @@ class Dataset:
         if unknown:
             raise ValueError(f"unknown augmentation strengths {sorted(unknown)}; "
                              f"known: {sorted(AUGMENTATION_2D)}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
         self.base_folder = Path(base_folder)
         self.spec = spec
         self.dim = dim
@@ -270,11 +289,11 @@ class Dataset:
 
         # ---- transforms: one spatial chain (random parts off for validation), intensities ----
         intensity = IntensityAugmentation(shift=spec.intensity_shift, scale=spec.intensity_scale,
-                                          clamp=(-1.0, 1.0))
+                                          clamp=(-1.0, 1.0) if clamp else None)
         self.output_geometry = Geometry.grid(tuple(image_size))
         self.heatmap_geometry = self.output_geometry.downsampled(factors.pop())
         self.generator = SampleGenerator(spatial_chain(**strengths), intensity, self.output_geometry,
-                                         self.heatmap_geometry)
+                                         self.heatmap_geometry, NORMALIZATIONS[normalization])
         self._train_loader: BatchLoader | None = None
 
     # ---------------------------------------------------------------- files

@@ -4,7 +4,8 @@ Run from the repository root:
 
     python main.py                                      # CPU preset: synthetic hands (generated on the
                                                         # first run into data/synthetic_hand/), a few minutes
-    python main.py --preset paper --dataset hand_xray_dataset   # the papers' hand setup, 3-fold CV (GPU)
+    python main.py --preset paper                       # the authors' MICCAI 2016 hand setup, 3-fold CV (GPU)
+    python main.py --preset mia2019                     # their MIA 2019 SCN with learned sigmas on the hands
     python main.py --network scn unet --cv all --max-iter 2000  # several networks x folds
     python main.py --dataset DIR --dim 3 --num-landmarks 10 --image-size 64 64 64  # 3D volumes
     python main.py --resume output/scn_cv1/<timestamp>  # continue a run from its last checkpoint
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: n
 
 import numpy as np  # noqa: E402
 
-from dataset import DATA_SPECS, Dataset  # noqa: E402
+from dataset import DATA_SPECS, NORMALIZATIONS, Dataset  # noqa: E402
 from utils.data.loader import LoaderError, SampleError  # noqa: E402
 from utils.data.validate import ValidationReport, validate_dataset  # noqa: E402
 from utils.io.atomic import write_json_atomic  # noqa: E402
@@ -41,6 +44,7 @@ from utils.io.errors import DataError  # noqa: E402
 from utils.landmarks.statistics import format_fold_table, landmark_statistics  # noqa: E402
 from utils.synthetic import generate_hand_dataset, generate_volume_dataset  # noqa: E402
 from utils.training.output import RunFolder, config_to_dict, read_config  # noqa: E402
+from utils.transforms.bspline import BSPLINE_GRIDS  # noqa: E402
 
 # Loader workers are spawned processes that import this file again, as "__mp_main__", before they unpickle
 # their sample maker (from dataset.py). They need no Keras: leaving it (and TensorFlow) out saves each worker
@@ -102,6 +106,19 @@ class Parameters:
     cv: str = _field("1", "cross-validation fold; 'all' runs folds 1-3, 'none' uses setup/{train,test}.txt",
                      choices=("1", "2", "3", "all", "none"))
     image_size: tuple[int, ...] = _field((128, 128), "network input size in pixels, W H [D]", metavar="N")
+    # ---- augmentation (strengths in dataset.py AUGMENTATION_2D / AUGMENTATION_3D) ----
+    random_scaling: bool = _field(True, "random scaling in the spatial chain (2D: factors 1 +- 0.1, times "
+                                  "1 +- 0.05 per axis; the authors' hand chain has none)")
+    bspline_grid: str = _field("image", "B-spline node layout: image (ours: the nodes span the image from "
+                               "corner to corner, every node moves it) or mesh (the authors': nodes - 3 mesh "
+                               "cells over the output, nodes reach one cell beyond it: smoother warps)",
+                               choices=BSPLINE_GRIDS)
+    intensity_normalization: str = _field("image", "robust normalisation to [-1, 1]: image (1st/99th "
+                                          "percentile of the whole image, once per image) or patch (the "
+                                          "authors': 5th/95th percentile of each resampled patch, padding "
+                                          "included)", choices=tuple(NORMALIZATIONS))
+    clamp: bool = _field(True, "clip the intensities to [-1, 1] after the random shift and scale (the "
+                         "authors' hand setup does not)")
     # ---- targets ----
     sigma: float = _field(3.0, "Gaussian sigma of the targets in heatmap pixels (the initial value with "
                           "--learn-sigma)", metavar="S")
@@ -110,6 +127,8 @@ class Parameters:
                                      "landmark instead of one sigma")
     sigma_regularization: float = _field(1.0, "weight of the sigma regulariser sum(sigma^2) / 2 / batch, "
                                          "in loss units per heatmap pixel^2", metavar="X")
+    target_peak: float = _field(1.0, "peak height of the targets at the initial sigma (the MIA 2019 setups: "
+                                "their scale / (2 pi sigma^2) in 2D)", metavar="X")
     # ---- model ----
     networks: tuple[str, ...] = _field(("scn",), "network(s) to train", metavar="NAME")
     num_filters: int = _field(16, "convolution filters per layer (paper: 128)")
@@ -120,6 +139,13 @@ class Parameters:
     learning_rate: float = _field(3e-4, "step size (paper SGD: 1e-7, for the loss sum of squares / 2 / "
                                   "batch)", metavar="LR")
     momentum: float = _field(0.99, "SGD momentum (ignored by Adam)", metavar="X")
+    clip_norm: float | None = _field(None, "clip the gradients to this global norm (MIA 2019: 10000); None: "
+                                     "off", type=float, metavar="X")
+    lr_boundaries: tuple[int, ...] = _field((), "iterations after which the learning rate changes to the "
+                                            "next of --lr-values (piecewise constant; resumed runs stay on "
+                                            "it)", type=int, nargs="*", metavar="ITER")
+    lr_values: tuple[float, ...] = _field((), "learning rates after each of --lr-boundaries", type=float,
+                                          nargs="*", metavar="LR")
     batch_size: int = _field(8, "images per iteration")
     max_iter: int = _field(1000, "training iterations (batches)")
     test_iter: int = _field(250, "test on the validation images every N iterations")
@@ -144,9 +170,9 @@ class Parameters:
         if len(self.image_size) != self.dim or min(self.image_size) < 1:
             raise ValueError(f"--image-size needs {self.dim} positive sizes (--dim {self.dim}), "
                              f"got {self.image_size}")
-        if not self.sigma > 0 or not self.learning_rate > 0 or self.weight_decay < 0:
-            raise ValueError(f"--sigma and --learning-rate must be positive and --weight-decay >= 0, got "
-                             f"{self.sigma}, {self.learning_rate}, {self.weight_decay}")
+        if not self.sigma > 0 or not self.target_peak > 0 or self.weight_decay < 0:
+            raise ValueError(f"--sigma and --target-peak must be positive and --weight-decay >= 0, got "
+                             f"{self.sigma}, {self.target_peak}, {self.weight_decay}")
         if self.sigma_regularization < 0 or self.workers < 0:
             raise ValueError(f"--sigma-regularization and --workers must be >= 0, got "
                              f"{self.sigma_regularization}, {self.workers}")
@@ -154,29 +180,61 @@ class Parameters:
             raise ValueError("--anisotropic-sigma needs --learn-sigma (fixed sigmas are isotropic)")
 
 
-# Presets: values that replace the defaults above. "cpu" is the default above (a few minutes on 2 cores);
-# "paper" is the hand configuration of Payer et al. (MIA 2019): 256x256 input, sigma 3 px, batch 8,
-# 20,000 iterations, tests every 5,000, SGD with Nesterov momentum 0.99 and learning rate 1e-7, weight decay
-# 5e-5, 128 filters, 3-fold cross-validation on the Digital Hand Atlas.
+# Presets: values that replace the defaults above, each with where it comes from. "cpu" is the default
+# above (a few minutes on 2 cores). The sources are the authors' public code (christianpayer/
+# MedicalDataAugmentationTool-HeatmapRegression); README "Training on the real hand radiographs" lists the
+# same values, their sources and the published figures to compare with.
+_HAND_SETUP = {  # the data and chain of the authors' hand_xray example (REFERENCE section 1)
+    "dataset": "hand_xray_dataset",  # their all.csv and published folds cv/set1-3, shipped there
+    "dim": 2,
+    "data_spec": "hand_xray",  # pixel CSV, spacing ignored, mm from landmarks 1 and 5 = 50 mm
+    "num_landmarks": 37,
+    "cv": "all",  # 3-fold cross-validation on the published folds
+    "image_size": (256, 256),  # input 256 x 256 (ConvOnly-Net: NETWORK_PRESETS)
+    "random_scaling": False,  # translation +-10 px, rotation +-0.2 rad, no scaling (dataset.AUGMENTATION_2D)
+    "bspline_grid": "mesh",  # 5 x 5 nodes, max 20 px, their mesh of nodes - 3 cells over the output
+    "intensity_normalization": "patch",  # 5th/95th percentile of each patch -> [-1, 1], then shift and
+    "clamp": False,  # scale +-0.15 (DataSpec hand_xray), no clamp
+    "test_at_start": True,  # they test at iteration 0
+}
 PRESETS: dict[str, dict] = {
     "cpu": {},
-    "paper": {
-        "dataset": "hand_xray_dataset",
-        "dim": 2,
-        "data_spec": "hand_xray",
-        "num_landmarks": 37,
-        "cv": "all",
-        "image_size": (256, 256),
-        "sigma": 3.0,
+    # MICCAI 2016, the authors' hand_xray example exactly (REFERENCE section 1): the four networks.
+    "paper": _HAND_SETUP | {
+        "sigma": 3.0,  # heatmaps 256 x 256, sigma 3 px (Downsampling-Net: NETWORK_PRESETS)
         "networks": ("scn", "unet", "downsampling_net", "conv_only"),
         "num_filters": 128,
-        "weight_decay": 5e-5,
-        "optimizer": "sgd",
+        "weight_decay": 5e-5,  # L2 on the kernels, 5e-5 * sum(w^2) / 2
+        "optimizer": "sgd",  # SGD, Nesterov momentum 0.99, lr 1e-7 for the loss sum of squares / 2 / batch
         "learning_rate": 1e-7,
         "momentum": 0.99,
         "batch_size": 8,
         "max_iter": 20000,
-        "test_iter": 5000,
+        "test_iter": 5000,  # tests every 5,000 iterations and at 0
+        "snapshot_iter": 5000,
+    },
+    # MIA 2019: scn_mia (F=128, D=16, K=11: their cephalogram network) with learned sigmas, trained with
+    # their cephalogram optimiser and schedule, adapted to the hands. Adaptations are marked "hands:".
+    "mia2019": _HAND_SETUP | {
+        # hands: 256 x 256 input, the hand chain and intensities above (cep: 512 x 512, mm-based chain,
+        # intensities (x - 128) / 128 with a clamp)
+        "networks": ("scn_mia",),
+        "num_filters": 128,
+        "learn_sigma": True,
+        "sigma": 3.0,  # hands: the initial sigma of the hand heatmaps at 256 x 256 (cep: 2.5 px at 512 x 512)
+        "target_peak": 100.0 / (2.0 * math.pi * 3.0**2),  # their Gaussian normalised to integral 1 times
+        # scale 100, peak 100 / (2 pi sigma_0^2) = 1.77 at sigma_0 = 3: the loss keeps their units, so the
+        # regulariser, the clip norm and the learning rate below keep their values
+        "sigma_regularization": 100.0,  # sigma_reg * sum(sigma^2 of present landmarks) / 2 / batch
+        "weight_decay": 1e-3,  # their cep L2 factor, as 1e-3 * sum(w^2) / 2
+        "optimizer": "sgd",  # SGD with Nesterov momentum 0.99
+        "momentum": 0.99,
+        "learning_rate": 1e-6,
+        "clip_norm": 10000.0,  # gradients clipped to global norm 10,000
+        "batch_size": 8,  # hands: batch 8 of the hand setup (cep: 1); the loss is a mean over the batch, so
+        # the learning rate stays; 30,000 x 8 = 400 epochs of 597 images (cep: 200 epochs of 150)
+        "max_iter": 30000,
+        "test_iter": 5000,  # tests every 5,000 iterations and at 0
         "snapshot_iter": 5000,
     },
 }
@@ -185,6 +243,7 @@ PRESETS: dict[str, dict] = {
 NETWORK_PRESETS: dict[str, dict[str, dict]] = {
     "cpu": {"downsampling_net": {"sigma": 1.5}},
     "paper": {"conv_only": {"image_size": (128, 128)}, "downsampling_net": {"sigma": 1.5}},
+    "mia2019": {},
 }
 
 
@@ -206,9 +265,14 @@ def parser() -> argparse.ArgumentParser:
     parse = argparse.ArgumentParser(
         prog="main.py",
         description="Landmark localisation by heatmap regression: train, test, summarise networks x folds.",
+        epilog="presets (the values they set; each value's source is in main.py PRESETS and the README):\n"
+        + "\n".join(_preset_text(name) for name in PRESETS if name != "cpu"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parse.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                       help="parameter preset (default: cpu, see main.py)")
+                       help="parameter preset: cpu (the defaults below), paper (the authors' MICCAI 2016 "
+                       "hand setup), mia2019 (their MIA 2019 SCN with learned sigmas, adapted to the "
+                       "hands); their values at the end (default: cpu)")
     parse.add_argument("--resume", metavar="RUN_DIR",
                        help="continue a run folder from its last checkpoint, with its config.json")
     parse.add_argument("--check", action="store_true",
@@ -217,7 +281,7 @@ def parser() -> argparse.ArgumentParser:
     defaults = Parameters()
     for field in dataclasses.fields(Parameters):
         default = getattr(defaults, field.name)
-        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        shown = " ".join(map(str, default)) or "none" if isinstance(default, tuple) else default
         cli = dict(field.metadata)
         kwargs: dict = {"dest": field.name, "default": argparse.SUPPRESS,
                         "help": f"{cli.pop('help')} (default: {shown})"}
@@ -235,6 +299,24 @@ def parser() -> argparse.ArgumentParser:
         kwargs.update(cli)
         parse.add_argument(_option(field.name), **kwargs)
     return parse
+
+
+def _preset_text(name: str) -> str:
+    """A preset's values as options, wrapped: "  paper: --dim 2 ... (conv_only: --image-size 128 128)"."""
+    def options(values: dict) -> str:
+        words = []
+        for key, value in values.items():
+            if isinstance(value, bool):
+                words.append(_option(key) if value else _option(key).replace("--", "--no-", 1))
+            else:
+                shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+                words.append(f"{_option(key)} {shown}")
+        return " ".join(words)
+
+    exceptions = [f"{network}: {options(values)}" for network, values in NETWORK_PRESETS[name].items()]
+    text = f"{name}: {options(PRESETS[name])}" + (f" ({', '.join(exceptions)})" if exceptions else "")
+    return textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="    ",
+                         break_on_hyphens=False)
 
 
 def _replace(params: Parameters, values: dict) -> Parameters:
@@ -326,6 +408,18 @@ def check_dataset(params: Parameters, folds_to_check: str) -> ValidationReport:
                             ignore_spacing=spec.ignore_spacing)
 
 
+def augmentation(params: Parameters) -> dict:
+    """The run's changes to the spatial chain of dataset.py: the B-spline layout, and no scaling step when
+    --no-random-scaling."""
+    return {"deformation_grid": params.bspline_grid} | ({} if params.random_scaling else {"scaling": None})
+
+
+def optimizer(params: Parameters) -> keras.optimizers.Optimizer:
+    """The run's optimizer (checks the learning rate, clip norm and schedule)."""
+    return make_optimizer(params.optimizer, params.learning_rate, params.momentum, params.clip_norm,
+                          params.lr_boundaries, params.lr_values)
+
+
 def run_name(network: str, fold: str) -> str:
     """The run folder name of a network on a fold: "scn_cv1", or "scn_full" for --cv none."""
     return f"{network}_full" if fold == "none" else f"{network}_cv{fold}"
@@ -348,9 +442,10 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
                             num_filters=params.num_filters, weight_decay=params.weight_decay)
     heatmap_shape = tuple(network.output.shape[1:-1])  # ([z,] y, x): the one source of the heatmap grid
     targets = GaussianTargets(params.num_landmarks, heatmap_shape, params.sigma,
-                              learn_sigma=params.learn_sigma, anisotropic=params.anisotropic_sigma)
+                              learn_sigma=params.learn_sigma, anisotropic=params.anisotropic_sigma,
+                              peak=params.target_peak)
     model = HeatmapTrainer(network, targets, params.sigma_regularization)
-    model.compile(optimizer=make_optimizer(params.optimizer, params.learning_rate, params.momentum))
+    model.compile(optimizer=optimizer(params))
     # ---- data: images and points on that grid ----
     with Dataset(
         dataset_folder(params),
@@ -360,6 +455,9 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
         num_landmarks=params.num_landmarks,
         fold=params.cv,
         batch_size=params.batch_size,
+        augmentation=augmentation(params),
+        normalization=params.intensity_normalization,
+        clamp=params.clamp,
         seed=params.seed,
         workers=params.workers,
         cache_bytes=params.cache_mb * 2**20,
@@ -433,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     runs.append((dataclasses.replace(per_network, cv=fold), None))
             for network, size in {(p.networks[0], p.image_size) for p, _ in runs}:  # sizes the networks take
                 build_network(network, (*reversed(size), 1), experiment.num_landmarks, num_filters=1)
+            optimizer(experiment)
         if not check_only:
             prepare_dataset(experiment)
         report = check_dataset(experiment, experiment.cv)

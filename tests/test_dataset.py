@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset import Dataset
+from dataset import Dataset, spatial_chain
 from utils.data.debug import write_debug_batch
 from utils.io.errors import DataError
+from utils.io.image import read_image
 from utils.io.landmarks import write_landmarks_csv
 from utils.landmarks.decode import decode_heatmaps
 from utils.landmarks.targets import GaussianTargets
+from utils.transforms.affine import RandomScale
 
 NUM_LANDMARKS = 6
 
@@ -91,6 +93,32 @@ def test_same_batches_with_0_and_2_workers(tmp_path):
                 np.testing.assert_array_equal(got[key], want[key])
         resumed = next(dataset.training_batches(start_batch=2))
         np.testing.assert_array_equal(resumed["image"], expected[2]["image"])
+
+
+def test_patch_normalisation_maps_each_patch_percentiles_padding_included(tmp_path):
+    """normalization="patch", clamp=False (the authors' hand setup): the 5th/95th percentile of the resampled
+    patch, padding zeros included, go to -1/1, whatever the source's own normalisation; no clipping."""
+    write_tiny_dataset(tmp_path, 2)
+    dataset = make(tmp_path, 2, normalization="patch", clamp=False)
+    for sample in dataset.validation_samples():
+        raw = sample.transform.resample(read_image(tmp_path / "images" / f"{sample.id}.png", True, 2))
+        assert np.mean(raw == 0.0) > 0.05  # the 40 x 32 image fitted to 32 x 32 leaves padding zeros
+        lo, hi = np.percentile(raw, [5.0, 95.0])
+        np.testing.assert_allclose(sample.image[..., 0], (raw - lo) / (hi - lo) * 2 - 1, atol=1e-3)
+    image = next(dataset.training_batches())["image"]
+    assert image.max() > 1.0 and image.min() < -1.0  # shift and scale, no clamp
+    clamped = next(make(tmp_path, 2, normalization="patch").training_batches())["image"]
+    assert clamped.max() <= 1.0 and clamped.min() >= -1.0
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        make(tmp_path, 2, normalization="slice")
+
+
+def test_chain_without_random_scaling_has_no_scale_step():
+    with_scaling = spatial_chain(10.0, 0.2, (0.1, 0.05), 5, 20.0)
+    without = spatial_chain(10.0, 0.2, None, 5, 20.0, "mesh")
+    assert any(isinstance(step, RandomScale) for step in with_scaling.steps)
+    assert not any(isinstance(step, RandomScale) for step in without.steps)
+    assert len(without.steps) == len(with_scaling.steps) - 1 and without.deformation.grid == "mesh"
 
 
 def test_errors_name_the_file_or_id(tmp_path):

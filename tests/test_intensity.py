@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from utils.transforms.intensity import IntensityAugmentation, rescale_intensity, robust_range
+from utils.transforms.intensity import (
+    IntensityAugmentation,
+    normalize_robust,
+    rescale_intensity,
+    robust_range,
+)
 
 
 def test_robust_range_known_answer():
@@ -29,6 +34,17 @@ def test_rescale_intensity_known_answer():
     np.testing.assert_allclose(result, [[-1.0, 0.0], [1.0, 3.0]])
     np.testing.assert_allclose(rescale_intensity(np.array([0.0, 5.0]), 0.0, 10.0, out_range=(0.0, 1.0)),
                                [0.0, 0.5])
+
+
+def test_normalize_robust_known_answer_in_place():
+    values = np.arange(101, dtype=np.float32)  # percentile p is p
+    normalize_robust(values, (5.0, 95.0))
+    np.testing.assert_allclose(values[[0, 5, 50, 95, 100]], [-10 / 9, -1.0, 0.0, 1.0, 10 / 9], atol=1e-6)
+    constant = np.full((3, 4), 7.0, np.float32)
+    normalize_robust(constant, (5.0, 95.0))
+    np.testing.assert_array_equal(constant, 0.0)
+    with pytest.raises(ValueError, match="normalize_robust: array must be float32"):
+        normalize_robust(np.arange(5.0), (5.0, 95.0))
 
 
 def test_validation_only_clamps_and_keeps_the_input():

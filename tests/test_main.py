@@ -15,7 +15,6 @@ from main import CPU_3D, PRESETS, Parameters, parser, resolve
 from network import heatmap_factor
 from utils.io.landmarks import read_landmarks_csv
 from utils.synthetic import generate_hand_dataset
-from utils.training.model import make_optimizer
 from utils.training.output import config_from_dict, config_to_dict
 
 
@@ -39,6 +38,11 @@ def test_help_lists_every_parameter_with_its_unit(capsys):
     for option in ("--preset", "--resume", "--cv {1,2,3,all,none}", "--dim {2,3}", "--optimizer {sgd,adam}"):
         assert option in text
     assert "network input size in pixels" in text and "in heatmap pixels" in text
+    for preset in ("paper", "mia2019"):  # every value of each preset, as options
+        assert f"{preset}: --dataset hand_xray_dataset" in text
+    assert "--no-random-scaling --bspline-grid mesh --intensity-normalization patch --no-clamp" in text
+    assert "--clip-norm 10000.0" in text
+    assert "(conv_only: --image-size 128 128, downsampling_net: --sigma 1.5)" in text
 
 
 def test_command_line_values_override_the_preset():
@@ -49,15 +53,24 @@ def test_command_line_values_override_the_preset():
     assert parser().parse_args(["--save-debug-images"]).save_debug_images is True
 
 
+HAND_SETUP = {  # the authors' hand_xray data, chain and intensities (REFERENCE section 1), both presets
+    "dim": 2,
+    "num_landmarks": 37,
+    "cv": "all",
+    "image_size": (256, 256),
+    "data_spec": "hand_xray",
+    "random_scaling": False,
+    "bspline_grid": "mesh",
+    "intensity_normalization": "patch",
+    "clamp": False,
+    "test_at_start": True,
+}
+
+
 def test_presets_resolve_to_the_documented_values():
     assert resolve("cpu", {}) == Parameters()
     paper = resolve("paper", {})
-    expected = {
-        "dim": 2,
-        "num_landmarks": 37,
-        "cv": "all",
-        "image_size": (256, 256),
-        "data_spec": "hand_xray",
+    expected = HAND_SETUP | {
         "sigma": 3.0,
         "networks": ("scn", "unet", "downsampling_net", "conv_only"),
         "num_filters": 128,
@@ -72,15 +85,68 @@ def test_presets_resolve_to_the_documented_values():
     }
     assert {key: getattr(paper, key) for key in expected} == expected
     assert set(PRESETS["paper"]) == set(expected) | {"dataset"}
+    assert paper.dataset == "hand_xray_dataset" and not paper.learn_sigma and paper.clip_norm is None
     assert resolve("paper", {}, "conv_only").image_size == (128, 128)
     downsampling = resolve("paper", {}, "downsampling_net")
     assert downsampling.sigma == 1.5 and downsampling.image_size == (256, 256)
     assert resolve("paper", {"sigma": 2.0}, "downsampling_net").sigma == 2.0
     # heatmaps: 256x256 (sigma 3) except Downsampling-Net's 64x64 (sigma 1.5); ConvOnly-Net input 128x128
     assert [heatmap_factor(name) for name in paper.networks] == [1, 1, 4, 1]
-    optimizer = make_optimizer(paper.optimizer, paper.learning_rate, paper.momentum)
+    optimizer = main.optimizer(paper)
     assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.nesterov
     assert optimizer.momentum == 0.99 and float(optimizer.learning_rate) == pytest.approx(1e-7)
+    assert optimizer.global_clipnorm is None
+    assert main.augmentation(paper) == {"deformation_grid": "mesh", "scaling": None}
+    assert main.augmentation(Parameters()) == {"deformation_grid": "image"}  # the default chain
+
+
+def test_mia2019_preset_maps_the_authors_values_onto_ours():
+    mia = resolve("mia2019", {})
+    expected = HAND_SETUP | {
+        "networks": ("scn_mia",),
+        "num_filters": 128,
+        "learn_sigma": True,
+        "sigma": 3.0,
+        "target_peak": pytest.approx(1.7684, abs=1e-4),  # scale 100 x a normalised Gaussian at sigma 3
+        "sigma_regularization": 100.0,
+        "weight_decay": 1e-3,
+        "optimizer": "sgd",
+        "momentum": 0.99,
+        "learning_rate": 1e-6,
+        "clip_norm": 10000.0,
+        "batch_size": 8,
+        "max_iter": 30000,
+        "test_iter": 5000,
+        "snapshot_iter": 5000,
+    }
+    assert {key: getattr(mia, key) for key in expected} == expected
+    assert set(PRESETS["mia2019"]) == set(expected) | {"dataset"}
+    # their target: scale * exp(-r^2 / 2 sigma^2) / (2 pi sigma^2); ours at the initial sigma: peak * exp(...)
+    assert mia.target_peak == pytest.approx(100.0 / (2 * np.pi * mia.sigma**2))
+    optimizer = main.optimizer(mia)
+    assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.nesterov and optimizer.momentum == 0.99
+    assert optimizer.global_clipnorm == 10000.0 and float(optimizer.learning_rate) == pytest.approx(1e-6)
+
+
+def test_faithful_options_on_the_command_line():
+    args = vars(parser().parse_args(["--clip-norm", "5", "--lr-boundaries", "10", "20", "--lr-values", "1e-4",
+                                     "1e-5", "--no-clamp", "--no-random-scaling", "--bspline-grid", "mesh",
+                                     "--intensity-normalization", "patch", "--target-peak", "2"]))
+    params = resolve("cpu", {k: v for k, v in args.items() if k not in ("preset", "resume", "check")})
+    assert (params.clip_norm, params.lr_boundaries, params.lr_values) == (5.0, (10, 20), (1e-4, 1e-5))
+    assert not params.clamp and not params.random_scaling and params.target_peak == 2.0
+    assert (params.bspline_grid, params.intensity_normalization) == ("mesh", "patch")
+    assert main.optimizer(params).global_clipnorm == 5.0
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--bspline-grid", "fine"])
+
+
+def test_a_bad_schedule_is_an_error_before_anything_is_written(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["--lr-boundaries", "5", "--output", str(tmp_path / "out"), "--dataset", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "lr_values needs one learning rate per boundary" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_dim_3_takes_the_cpu_sized_3d_defaults():
@@ -98,11 +164,14 @@ def test_parameter_checks_name_the_option():
         Parameters(max_iter=0)
     with pytest.raises(ValueError, match="--anisotropic-sigma needs --learn-sigma"):
         Parameters(anisotropic_sigma=True)
+    with pytest.raises(ValueError, match="--target-peak must be positive"):
+        Parameters(target_peak=0.0)
 
 
 def test_config_round_trip_and_unknown_key():
-    params = resolve("paper", {}, "scn")
-    assert config_from_dict(Parameters, json.loads(json.dumps(config_to_dict(params)))) == params
+    schedule = {"lr_boundaries": [9], "lr_values": [1e-7]}
+    for params in (resolve("paper", {}, "scn"), resolve("mia2019", schedule)):
+        assert config_from_dict(Parameters, json.loads(json.dumps(config_to_dict(params)))) == params
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['learning_rat'\]"):
         config_from_dict(Parameters, {"learning_rat": 1.0})
 
@@ -205,3 +274,22 @@ def test_spawned_loader_workers_import_main_without_keras():
                             cwd=Path(main.__file__).parent)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_mia2019_preset_trains_and_tests_on_real_radiographs(hand_data_dir, tmp_path, capsys):
+    """The authors' hand chain and intensities (shared with --preset paper), learned sigmas, their target
+    peak and clip norm run end to end, CPU-sized (64 x 64, 4 filters, 2 iterations) on the real
+    radiographs' full split, tested at 0 and at the end."""
+    preset, network = "mia2019", "scn_mia"
+    output = tmp_path / "out"
+    summary = main.main(["--preset", preset, "--network", network, "--dataset", str(hand_data_dir),
+                         "--cv", "none", "--image-size", "64", "64", "--num-filters", "4",
+                         "--batch-size", "2", "--max-iter", "2", "--test-iter", "2", "--snapshot-iter", "2",
+                         "--output", str(output)])
+    (run,) = (output / f"{network}_full").iterdir()
+    config = json.loads((run / "config.json").read_text())
+    assert config["bspline_grid"] == "mesh" and config["intensity_normalization"] == "patch"
+    assert (run / "iter_0" / "stats.json").is_file() and (run / "iter_2" / "stats.json").is_file()
+    assert summary[network]["runs"][f"{network}_full"]["num_images"] == 2
+    assert config["learn_sigma"] and config["clip_norm"] == 10000.0 and config["test_at_start"]
+    capsys.readouterr()

@@ -197,6 +197,36 @@ def test_deformation_stays_within_its_maximum():
     np.testing.assert_allclose(deformation.spacing, [255.0 / 4, 255.0 / 3])
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_mesh_grid_is_the_authors_simpleitk_layout(dim):
+    """grid="mesh": a SimpleITK BSplineTransform with domain origin 0, physical dimensions size * spacing and
+    mesh nodes - 3 (the authors' output deformation), parameters = our coefficients, moves points alike."""
+    output = Geometry.grid((256, 200) if dim == 2 else (40, 32, 48))
+    nodes = (5, 6) if dim == 2 else (4, 5, 4)
+    deformation = RandomBSplineDeformation(nodes, 20.0, grid="mesh")(output, np.random.default_rng(4))
+    reference = sitk.BSplineTransform(dim, 3)
+    reference.SetTransformDomainOrigin([0.0] * dim)
+    reference.SetTransformDomainMeshSize([n - 3 for n in nodes])
+    reference.SetTransformDomainPhysicalDimensions([float(n) for n in output.size])
+    reference.SetParameters(np.moveaxis(deformation.coefficients, -1, 0).ravel().tolist())
+    assert reference.GetCoefficientImages()[0].GetSize() == nodes  # one node per coefficient
+    # on the output image (outside its domain SimpleITK's transform is the identity; there is nothing to warp)
+    points = np.random.default_rng(5).uniform(0.0, np.asarray(output.size) - 1.0, size=(300, dim))
+    expected = np.array([reference.TransformPoint(p.tolist()) for p in points]) - points
+    np.testing.assert_allclose(deformation(points), expected, atol=1e-9)
+    np.testing.assert_allclose(deformation.spacing, np.asarray(output.size) / (np.asarray(nodes) - 3))
+
+
+def test_image_and_mesh_grids_place_their_nodes_as_documented():
+    image = RandomBSplineDeformation(5, 20.0)(OUTPUT_2D, np.random.default_rng(8))
+    mesh = RandomBSplineDeformation(5, 20.0, grid="mesh")(OUTPUT_2D, np.random.default_rng(8))
+    np.testing.assert_array_equal(image.coefficients, mesh.coefficients)  # same draw, other layout
+    np.testing.assert_allclose(image.origin, OUTPUT_2D.origin)
+    np.testing.assert_allclose(mesh.spacing, np.asarray(OUTPUT_2D.size) / 2)  # 2 cells over the output
+    np.testing.assert_allclose(mesh.origin, np.asarray(OUTPUT_2D.origin) - mesh.spacing)
+    assert np.all(np.abs(mesh.on_grid(OUTPUT_2D)) <= 20.0)
+
+
 def _blob_image(geometry: Geometry, centre_index: np.ndarray, sigma: float) -> sitk.Image:
     grids = np.meshgrid(*[np.arange(s, dtype=np.float64) for s in geometry.shape], indexing="ij")
     squared = sum((grid - c) ** 2 for grid, c in zip(grids, centre_index[::-1], strict=True))
@@ -253,7 +283,9 @@ def test_resample_known_answer_without_augmentation():
      (lambda: FitToOutput("yes"), "FitToOutput: keep_aspect must be a bool, got 'yes'"),
      (lambda: RandomBSplineDeformation(1, 20.0), "RandomBSplineDeformation: grid_nodes must be >= 2.0"),
      (lambda: RandomBSplineDeformation(4.5, 20.0), "RandomBSplineDeformation: grid_nodes must be integers"),
-     (lambda: RandomBSplineDeformation(5, -1.0), "RandomBSplineDeformation: max_displacement")])
+     (lambda: RandomBSplineDeformation(5, -1.0), "RandomBSplineDeformation: max_displacement"),
+     (lambda: RandomBSplineDeformation(3, 20.0, grid="mesh"), "grid_nodes must be >= 4"),
+     (lambda: RandomBSplineDeformation(5, 20.0, grid="coarse"), "grid must be one of")])
 def test_invalid_arguments_are_rejected_in_init(factory, message):
     with pytest.raises(ValueError, match=message):
         factory()

@@ -42,3 +42,21 @@ def test_command_writes_layout_for_annotated_images_only(tmp_path, capsys):
     assert sorted(tests[0] + tests[1]) == ["a", "b", "c", "d"]
     assert len(read_id_list(tmp_path / "setup" / "test.txt")) == 2
     assert "4 ids" in capsys.readouterr().out
+
+
+def test_existing_split_files_are_kept_unless_overwrite(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    for name in ["a.mha", "b.mha", "c.mha", "d.mha"]:
+        (tmp_path / "images" / name).write_bytes(b"")
+    (tmp_path / "setup" / "cv" / "set2").mkdir(parents=True)
+    (tmp_path / "setup" / "all.csv").write_text("a,1,2\nb,1,2\nc,1,2\nd,1,2\n")
+    published = tmp_path / "setup" / "cv" / "set2" / "test.txt"
+    published.write_text("d\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--folds", "2"])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert f"split files exist, nothing was written: {published}" in error and "--overwrite" in error
+    assert published.read_text() == "d\n" and not (tmp_path / "setup" / "train.txt").exists()
+    main([str(tmp_path), "--folds", "2", "--overwrite"])
+    assert published.read_text() != "d\n" and (tmp_path / "setup" / "train.txt").exists()

@@ -289,6 +289,45 @@ def test_make_optimizer_rejects_bad_values():
         make_optimizer("rmsprop", 1e-3)
     with pytest.raises(ValueError, match="learning_rate must be positive, got 0"):
         make_optimizer("adam", 0)
+    with pytest.raises(ValueError, match="clip_norm must be positive"):
+        make_optimizer("sgd", 1e-3, clip_norm=0.0)
+    with pytest.raises(ValueError, match="one learning rate per boundary"):
+        make_optimizer("sgd", 1e-3, lr_boundaries=(5,), lr_values=())
+    with pytest.raises(ValueError, match="lr_boundaries must be increasing"):
+        make_optimizer("sgd", 1e-3, lr_boundaries=(5, 5), lr_values=(1e-4, 1e-5))
+    with pytest.raises(ValueError, match="lr_values must be positive"):
+        make_optimizer("sgd", 1e-3, lr_boundaries=(5,), lr_values=(0.0,))
+
+
+def test_gradient_clipping_bounds_the_update():
+    """SGD (no momentum) at rate 1 on a loss with gradient 2 * 1000 * x: the step is the clip norm."""
+    for clip_norm, step in ((None, 2000.0), (3.0, 3.0)):
+        weight = keras.Variable([1.0])
+        optimizer = make_optimizer("sgd", 1.0, momentum=0.0, clip_norm=clip_norm)
+        optimizer.apply_gradients([(keras.ops.convert_to_tensor([2000.0]), weight)])
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(weight), [1.0 - step], rtol=1e-6)
+
+
+def test_learning_rate_schedule_by_iteration_survives_a_checkpoint(tmp_path):
+    """Iterations 1-2 at 1e-3, 3-4 at 1e-4, then 1e-5; a resumed model continues on the schedule."""
+    def build():
+        model = HeatmapTrainer(tiny_network(), GaussianTargets(LANDMARKS, SHAPE, 1.5))
+        model.compile(optimizer=make_optimizer("sgd", 1e-3, lr_boundaries=(2, 4), lr_values=(1e-4, 1e-5)))
+        return model
+
+    model, batches = build(), fake_batches()(0)
+    rates = []
+    for iteration in range(1, 6):
+        rates.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))  # this iteration's
+        model.train_on_batch(inputs(next(batches)))
+        if iteration == 3:
+            save_checkpoint(tmp_path, model, iteration, {})
+    np.testing.assert_allclose(rates, [1e-3, 1e-3, 1e-4, 1e-4, 1e-5], rtol=1e-6)
+    resumed = build()
+    load_checkpoint(tmp_path, resumed)
+    assert int(keras.ops.convert_to_numpy(resumed.optimizer.iterations)) == 3  # the saved update count
+    np.testing.assert_allclose(float(keras.ops.convert_to_numpy(resumed.optimizer.learning_rate)), 1e-4,
+                               rtol=1e-6)
 
 
 # ---- evaluation -------------------------------------------------------------------------------------------

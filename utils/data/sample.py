@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from utils.io.image import read_image_header
 from utils.transforms.geometry import Geometry
-from utils.transforms.intensity import IntensityAugmentation, rescale_intensity, robust_range
+from utils.transforms.intensity import IntensityAugmentation, normalize_robust, rescale_intensity, robust_range
 from utils.transforms.spatial import SampleTransform, SpatialAugmentation
 from utils.transforms.warp import WarpSource, block_average, block_average_factor, warp
 
@@ -90,7 +90,8 @@ class SampleGenerator:
 
     Per sample: one `SpatialAugmentation` draw gives the transform; the image is resampled through it onto
     the output grid and the landmarks are mapped input -> output -> heatmap grid with it; the intensities
-    (already rescaled to [-1, 1] in the source) are augmented. No target is drawn here: the model renders
+    (already rescaled to [-1, 1] in the source, and with `patch_percentiles` rescaled again per patch) are
+    augmented. No target is drawn here: the model renders
     the Gaussians from the points (`utils.landmarks.targets`).
 
     Args:
@@ -99,6 +100,9 @@ class SampleGenerator:
         output: Output (network input) grid; origin 0, identity direction, spacing 1 (output pixels).
         heatmap_geometry: The network's output grid in output physical space (``output.downsampled(f)`` for
             a network whose heatmaps are f times smaller than its input).
+        patch_percentiles: (low, high) percentiles of each resampled patch, padding included, mapped to
+            [-1, 1] before the augmentation (`normalize_robust`), or None to keep the source's whole-image
+            normalisation. The source's linear map does not change the result: percentiles move with it.
     """
 
     def __init__(
@@ -107,8 +111,10 @@ class SampleGenerator:
         intensity: IntensityAugmentation,
         output: Geometry,
         heatmap_geometry: Geometry,
+        patch_percentiles: tuple[float, float] | None = None,
     ):
         self.spatial = spatial
+        self.patch_percentiles = patch_percentiles
         self.intensity = intensity
         self.output = output
         self.heatmap_geometry = heatmap_geometry
@@ -133,6 +139,8 @@ class SampleGenerator:
         transform = self.spatial.sample(source.geometry, self.output, rng)
         image = np.empty((*self.output.shape, 1), np.float32)
         warp(source.warp_source, transform, out=image[..., 0])
+        if self.patch_percentiles is not None:
+            normalize_robust(image[..., 0], self.patch_percentiles)
         self.intensity(image[..., 0], rng, out=image[..., 0])
         points, mask = heatmap_points(self.heatmap_geometry, transform.input_to_output(landmarks))
         return {"image": image, "points": points, "mask": mask}, transform

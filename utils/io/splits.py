@@ -2,9 +2,10 @@
 
 The dataset layout is `DIR/images/<id>.<ext>`, `DIR/setup/all.csv`, `DIR/setup/cv/set<k>/{train,test}.txt`
 and `DIR/setup/{train,test}.txt`. This module writes the split files for ids that have both an image and an
-annotation, so users with their own data (or the real hand atlas without its split files) can start at once:
+annotation, so users with their own data can start at once. Split files already there (for example the
+authors' published hand folds in hand_xray_dataset/setup) are never replaced without ``--overwrite``:
 
-    python -m utils.io.splits DIR [--folds 3] [--test-fraction 0.33] [--seed 0]
+    python -m utils.io.splits DIR [--folds 3] [--test-fraction 0.33] [--seed 0] [--overwrite]
 """
 
 from __future__ import annotations
@@ -87,22 +88,38 @@ def annotated_image_ids(dataset_dir: str | os.PathLike) -> list[str]:
 
 
 def write_splits(
-    dataset_dir: str | os.PathLike, folds: int = 3, test_fraction: float = 1 / 3, seed: int = 0
+    dataset_dir: str | os.PathLike, folds: int = 3, test_fraction: float = 1 / 3, seed: int = 0,
+    overwrite: bool = False,
 ) -> list[str]:
     """Writes `setup/cv/set<k>/{train,test}.txt` and `setup/{train,test}.txt` for the annotated images.
 
+    Args:
+        dataset_dir: The dataset folder.
+        folds: Cross-validation folds (>= 2).
+        test_fraction: Share of the ids in `setup/test.txt`.
+        seed: Seed of the random assignment.
+        overwrite: Replace split files that exist; False: refuse, before anything is written.
+
     Returns:
         The ids that were split.
+
+    Raises:
+        FileExistsError: A split file exists and `overwrite` is False (names every such file).
     """
     dataset_dir = Path(dataset_dir)
     ids = annotated_image_ids(dataset_dir)
     setup = dataset_dir / "setup"
+    lists = {}
     for k, (train, test) in enumerate(cv_splits(ids, folds, seed), start=1):
-        write_id_list(setup / "cv" / f"set{k}" / "train.txt", train)
-        write_id_list(setup / "cv" / f"set{k}" / "test.txt", test)
-    train, test = train_test_split(ids, test_fraction, seed)
-    write_id_list(setup / "train.txt", train)
-    write_id_list(setup / "test.txt", test)
+        lists[setup / "cv" / f"set{k}" / "train.txt"] = train
+        lists[setup / "cv" / f"set{k}" / "test.txt"] = test
+    lists[setup / "train.txt"], lists[setup / "test.txt"] = train_test_split(ids, test_fraction, seed)
+    existing = [str(path) for path in lists if path.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"split files exist, nothing was written: {', '.join(existing)}; pass "
+                              "--overwrite (overwrite=True) to replace them")
+    for path, listed in lists.items():
+        write_id_list(path, listed)
     return ids
 
 
@@ -115,10 +132,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--folds", type=int, default=3, help="number of cross-validation folds (default 3)")
     parser.add_argument("--test-fraction", type=float, default=1 / 3, help="test share of setup/test.txt")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random assignment (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace split files that exist")
     args = parser.parse_args(argv)
     try:
-        ids = write_splits(args.dataset_dir, args.folds, args.test_fraction, args.seed)
-    except (FileNotFoundError, ValueError) as error:  # bad data (DataError) or parameters: no traceback
+        ids = write_splits(args.dataset_dir, args.folds, args.test_fraction, args.seed, args.overwrite)
+    except (OSError, ValueError) as error:  # bad data (DataError), parameters or existing files: no traceback
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     print(
         f"wrote {args.folds}-fold and train/test split files for {len(ids)} ids to {args.dataset_dir}/setup"

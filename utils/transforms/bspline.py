@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from utils.transforms.affine import _per_axis, _vector
 from utils.transforms.geometry import Geometry
 
-__all__ = ["BSplineDisplacement", "RandomBSplineDeformation"]
+__all__ = ["BSPLINE_GRIDS", "BSplineDisplacement", "RandomBSplineDeformation"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -320,26 +320,43 @@ class BSplineDisplacement:
         return transform
 
 
-class RandomBSplineDeformation:
-    """Random cubic B-spline deformation drawn on a coarse grid of nodes spanning the OUTPUT grid.
+BSPLINE_GRIDS = ("image", "mesh")  # the node layouts of `RandomBSplineDeformation`
 
-    The nodes are evenly spaced from the first to the last output voxel centre along each output axis
-    (``grid_nodes`` per axis, corners included); each node's coefficient is uniform in
-    [-max_displacement, max_displacement] output pixels per component, so no displacement exceeds it.
+
+class RandomBSplineDeformation:
+    """Random cubic B-spline deformation drawn on a coarse grid of nodes over the OUTPUT grid.
+
+    Two node layouts (``grid``), each with ``grid_nodes`` nodes per axis whose coefficients are uniform in
+    [-max_displacement, max_displacement] output pixels per component, so no displacement exceeds it:
+
+    - ``"image"``: the nodes run evenly from the first to the last output voxel centre (corners included),
+      so every node lies on the image and moves it by up to its drawn amplitude (knots every 64 px for 5
+      nodes at 256 px).
+    - ``"mesh"``: the authors' SimpleITK layout (MedicalDataAugmentationTool ``deformation.Output``): a
+      mesh of ``grid_nodes - 3`` cells over the output extent ``size * spacing`` starting at the output
+      origin, so the first node lies one cell before the origin and the last two beyond the image (knots
+      every 128 px for 5 nodes at 256 px): smoother, larger-scale warps. Needs ``grid_nodes >= 4``.
 
     Args:
-        grid_nodes: Nodes per axis (>= 2), order (x, y[, z]); one number for every axis (5 -> 5 x 5).
+        grid_nodes: Nodes per axis, order (x, y[, z]); one number for every axis (5 -> 5 x 5). At least 2
+            ("image") or 4 ("mesh").
         max_displacement: Non-negative maximum coefficient in output pixels per displacement component,
             order (x, y[, z]); one number for every component.
+        grid: Node layout, "image" or "mesh" (see above).
     """
 
-    def __init__(self, grid_nodes: int | Sequence[int], max_displacement: float | Sequence[float]) -> None:
-        nodes = _vector(grid_nodes, "grid_nodes", "RandomBSplineDeformation", minimum=2.0)
+    def __init__(self, grid_nodes: int | Sequence[int], max_displacement: float | Sequence[float],
+                 grid: str = "image") -> None:
+        if grid not in BSPLINE_GRIDS:
+            raise ValueError(f"RandomBSplineDeformation: grid must be one of {BSPLINE_GRIDS}, got {grid!r}")
+        nodes = _vector(grid_nodes, "grid_nodes", "RandomBSplineDeformation",
+                        minimum=2.0 if grid == "image" else 4.0)
         if np.any(nodes != np.round(nodes)):
             raise ValueError(f"RandomBSplineDeformation: grid_nodes must be integers, got {grid_nodes!r}")
         self.grid_nodes = nodes.astype(np.int64)
         self.max_displacement = _vector(max_displacement, "max_displacement", "RandomBSplineDeformation",
                                         minimum=0.0)
+        self.grid = grid
 
     def __call__(self, output: Geometry, rng: np.random.Generator | None) -> BSplineDisplacement | None:
         """Draw one deformation over `output` (None when rng is None: no deformation)."""
@@ -352,9 +369,16 @@ class RandomBSplineDeformation:
             return None
         pixels = rng.uniform(-limit, limit, size=tuple(nodes[::-1]) + (output.dim,))
         spacing = np.asarray(output.spacing)
+        size = np.asarray(output.size)
+        origin = np.asarray(output.origin)
+        if self.grid == "image":
+            node_spacing = (size - 1) * spacing / (nodes - 1)
+        else:
+            node_spacing = size * spacing / (nodes - 3)
+            origin = origin - output.direction_matrix @ node_spacing
         return BSplineDisplacement(
-            origin=np.asarray(output.origin),
-            spacing=(np.asarray(output.size) - 1) * spacing / (nodes - 1),
+            origin=origin,
+            spacing=node_spacing,
             direction=output.direction_matrix,
             coefficients=(pixels * spacing) @ output.direction_matrix.T,
         )

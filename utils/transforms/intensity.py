@@ -2,7 +2,8 @@
 
 The usual sequence: ``lo, hi = robust_range(source)`` and ``rescale_intensity(source, lo, hi)`` (the robust
 range to [-1, 1]) once per source image (a linear map commutes with linear interpolation, so it need not be
-repeated per sample), then per sample ``IntensityAugmentation()(array, rng)`` draws a random shift and scale
+repeated per sample), or ``normalize_robust(patch, (5, 95))`` per resampled patch (the authors' hand setup),
+then per sample ``IntensityAugmentation()(array, rng)`` draws a random shift and scale
 (training) or only clamps (validation, ``rng=None``).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["IntensityAugmentation", "rescale_intensity", "robust_range"]
+__all__ = ["IntensityAugmentation", "normalize_robust", "rescale_intensity", "robust_range"]
 
 
 def robust_range(array: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0),
@@ -63,6 +64,22 @@ def rescale_intensity(array: np.ndarray, lo: float, hi: float,
     result *= np.float32(factor)
     result += np.float32(out_range[0])
     return result
+
+
+def normalize_robust(array: np.ndarray, percentiles: tuple[float, float]) -> None:
+    """Maps an array's robust range (`robust_range` at `percentiles`) to [-1, 1], in place.
+
+    The per-patch normalisation of the authors' hand setup (5th/95th percentile of each resampled patch).
+    Unclipped; an array without a range (constant) becomes all zeros.
+
+    Args:
+        array: float32 intensities, any shape; overwritten.
+        percentiles: (low, high) percentiles, 0 <= low < high <= 100.
+    """
+    if array.dtype != np.float32:
+        raise ValueError(f"normalize_robust: array must be float32 (normalised in place), got {array.dtype}")
+    lo, hi = robust_range(array, percentiles)
+    array[...] = rescale_intensity(array, lo, hi) if hi > lo else 0.0
 
 
 class IntensityAugmentation:
