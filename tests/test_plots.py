@@ -40,15 +40,18 @@ def test_plot_landmarks_2d_size_and_markers(tmp_path):
 
 
 def test_plot_landmarks_3d_volume_projection(tmp_path):
-    volume = np.zeros((5, 40, 20))  # (z, y, x): 600 px wide, 1200 px high
-    volume[2, 10:20, 5:10] = 1.0
+    volume = np.zeros((40, 5, 20))  # (z, y, x): coronal view (z, x) of 600 x 1200 px
+    volume[10:20, 2, 5:10] = 1.0
     path = tmp_path / "sub" / "landmarks_3d.png"
-    plot_landmarks(path, volume, predicted=np.array([[7.0, 15.0, 2.0]]))
+    plot_landmarks(path, volume, predicted=np.array([[7.0, 3.0, 15.0]]))
     png = read_png(path)
     assert png.shape == (1200, 600, 4)
-    # The bright block of slice z=2 shows in the projection: rows 10-19 -> 300-599 px, cols 5-9 -> 150-299 px.
-    assert png[400:500, 180:200, :3].mean() > 0.9
-    assert png[1000:1100, 400:500, :3].mean() < 0.1
+    # z upwards: slices 10-19 are rows 29-20 of the view -> 600-899 px; cols 5-9 -> 150-299 px.
+    assert png[650:850, 180:280, :3].mean() > 0.9
+    assert png[100:300, 400:500, :3].mean() < 0.1
+    # the predicted cross at (x=7, z=15) sits at row 39 - 15 = 24 -> about 735 px, col 7 -> about 225 px
+    cross = png[715:755, 205:245, :3]
+    assert np.any((cross[..., 0] > 0.8) & (cross[..., 1] < 0.3)), "no red marker where z=15 should be"
 
 
 def test_plot_heatmaps_2d_and_3d(tmp_path):
@@ -64,8 +67,10 @@ def test_plot_heatmaps_2d_and_3d(tmp_path):
     assert png[20:60, 20:60, :3].mean() < 0.1
 
     path_3d = tmp_path / "heatmaps_3d.png"
-    plot_heatmaps(path_3d, np.stack([heatmaps, heatmaps], axis=0))  # (z, y, x, N)
-    assert read_png(path_3d).shape == (300, 600, 4)
+    plot_heatmaps(path_3d, np.stack([heatmaps] * 50, axis=0))  # (z, y, x, N): coronal view (z, x) 50 x 200
+    png = read_png(path_3d)
+    assert png.shape == (200, 600, 4)  # 150 px by the aspect ratio, raised to the 200 px minimum
+    assert png[:, 175:185, :3].mean() > 0.5 and png[:, 20:60, :3].mean() < 0.1  # the peak's column x=60
 
 
 def test_plot_error_distribution(tmp_path):

@@ -4,8 +4,9 @@ Figures are drawn with matplotlib's object-oriented API on the Agg canvas (no py
 display needed) and written atomically: a failure while plotting or saving leaves no partial file behind
 and keeps an existing file at the path unchanged.
 
-Image arrays are NumPy order: 2D (y, x) or 3D (z, y, x); a volume is shown as its maximum-intensity
-projection along z. Points are PIXEL index coordinates (x, y[, z]) of the plotted array, NaN rows missing.
+Image arrays are NumPy order: 2D (y, x) or 3D (z, y, x); a volume is shown as its coronal maximum-intensity
+projection (along y, z upwards), the view in which landmarks along a body's long axis (a spine, a torso)
+stay apart. Points are PIXEL index coordinates (x, y[, z]) of the plotted array, NaN rows missing.
 """
 
 import os
@@ -43,12 +44,20 @@ def _save(figure: Figure, path: str | os.PathLike) -> None:
 
 
 def _projection(array: np.ndarray, name: str) -> np.ndarray:
-    """A 2D (y, x) view of a 2D array or the maximum-intensity projection along z of a 3D (z, y, x) one."""
+    """A 2D array as it is, or the coronal view of a 3D (z, y, x) one: its maximum along y, rows from the
+    highest z down (the (z, x) plane with z upwards)."""
     if array.ndim == 2:
         return array
     if array.ndim == 3:
-        return np.nanmax(array, axis=0)
+        return np.nanmax(array, axis=1)[::-1]
     raise ValueError(f"{name} must be 2D (y, x) or 3D (z, y, x), got shape {array.shape}")
+
+
+def _projected_points(points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(N, 2) plot coordinates (column, row) of (N, dim) points in `_projection` of an array of `shape`."""
+    if len(shape) == 2:
+        return points[:, :2]
+    return np.stack([points[:, 0], shape[0] - 1 - points[:, 2]], axis=1)
 
 
 def _image_figure_size(shape: tuple[int, int]) -> tuple[float, float]:
@@ -110,10 +119,10 @@ def plot_landmarks(
 
     Args:
         path: output PNG file; written atomically, parent folders created.
-        image: 2D array (y, x), or 3D (z, y, x) shown as its maximum-intensity projection along z;
-            grey values displayed between the array's minimum and maximum.
+        image: 2D array (y, x), or 3D (z, y, x) shown as its coronal maximum-intensity projection (along y,
+            z upwards); grey values displayed between the array's minimum and maximum.
         predicted: predicted landmarks, shape (N, image.ndim), PIXEL index coordinates (x, y[, z]) of
-            `image`, NaN rows missing; z is ignored in the projection. None to draw none.
+            `image`, NaN rows missing; y is ignored in a 3D projection. None to draw none.
         target: true landmarks, same layout as `predicted`. None to draw none.
         title: text drawn in the top-left corner, or None.
 
@@ -127,7 +136,8 @@ def plot_landmarks(
     point_sets = {}
     for name, points in (("target", target), ("predicted", predicted)):
         if points is not None:
-            point_sets[name] = _as_points(name, points, image.ndim, num_landmarks)[:, :2]
+            point_sets[name] = _projected_points(_as_points(name, points, image.ndim, num_landmarks),
+                                                 image.shape)
             num_landmarks = point_sets[name].shape[0]
 
     figure = _new_figure(_image_figure_size(projection.shape))
@@ -165,7 +175,7 @@ def plot_heatmaps(path: str | os.PathLike, heatmaps: np.ndarray) -> None:
     Args:
         path: output PNG file; written atomically, parent folders created.
         heatmaps: channels-last heatmaps, 2D (y, x, N) or 3D (z, y, x, N); a 3D maximum is shown as its
-            maximum-intensity projection along z.
+            coronal maximum-intensity projection (along y, z upwards).
 
     Raises:
         ValueError: if `heatmaps` is not 3- or 4-dimensional or has no landmark channel.
@@ -177,7 +187,7 @@ def plot_heatmaps(path: str | os.PathLike, heatmaps: np.ndarray) -> None:
         )
     projection = _projection(np.nanmax(heatmaps, axis=-1), "heatmaps")
     figure = _new_figure(_image_figure_size(projection.shape))
-    projected = " (MIP along z)" if heatmaps.ndim == 4 else ""
+    projected = " (coronal MIP: along y, z up)" if heatmaps.ndim == 4 else ""
     axes, shown = _image_axes(
         figure,
         projection,
