@@ -7,7 +7,9 @@ Run from the repository root:
     python main.py --preset paper                       # the authors' MICCAI 2016 hand setup, 3-fold CV (GPU)
     python main.py --preset mia2019                     # their MIA 2019 SCN with learned sigmas on the hands
     python main.py --network scn unet --cv all --max-iter 2000  # several networks x folds
-    python main.py --dataset DIR --dim 3 --num-landmarks 10 --image-size 64 64 64  # 3D volumes
+    python main.py --dim 3                              # 3D: synthetic volumes (data/synthetic_volume/),
+                                                        # CPU-sized defaults (CPU_3D), about 13 minutes
+    python main.py --dim 3 --dataset DIR --num-landmarks 26 --image-size 64 64 128  # your volumes
     python main.py --resume output/scn_cv1/<timestamp>  # continue a run from its last checkpoint
     python main.py --help                               # every parameter, with its unit
     KERAS_BACKEND=jax python main.py ...                # any Keras backend: tensorflow (default), jax, torch
@@ -366,8 +368,8 @@ def dataset_folder(params: Parameters) -> Path:
 
 
 def prepare_dataset(params: Parameters) -> Path:
-    """The dataset folder, with the synthetic phantoms generated into it when it is the default folder (or
-    --generate-synthetic is given) and has no images yet.
+    """The dataset folder, with the synthetic phantoms generated into it when it is the default folder of its
+    dimension (named or not; or --generate-synthetic is given) and has no images yet.
 
     Raises:
         FileNotFoundError: The folder has no images and is not to get the phantoms: a mistyped path, or real
@@ -377,7 +379,8 @@ def prepare_dataset(params: Parameters) -> Path:
     images = folder / "images"
     if images.is_dir() and any(images.iterdir()):
         return folder
-    if params.dataset is not None and not params.generate_synthetic:
+    default = folder.resolve() == Path(SYNTHETIC_FOLDERS[params.dim]).resolve()
+    if not default and not params.generate_synthetic:
         what = "does not exist" if not folder.exists() else f"has no images in {images}"
         kind = "hand" if params.dim == 2 else "volume"
         raise FileNotFoundError(

@@ -188,6 +188,13 @@ def test_dataset_folder_with_setup_but_no_images_is_an_error(tmp_path):
         main.prepare_dataset(Parameters(dataset=str(tmp_path)))
 
 
+def test_naming_the_default_synthetic_folder_generates_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default folders are relative to the working directory
+    params = Parameters(dataset="data/synthetic_volume", dim=3, image_size=(32, 32, 48), synthetic_images=3)
+    assert main.prepare_dataset(params) == Path("data/synthetic_volume")
+    assert len(list((tmp_path / "data" / "synthetic_volume" / "images").iterdir())) == 3
+
+
 def test_a_mistyped_dataset_path_is_an_error_before_anything_is_written(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main.main(["--dataset", str(tmp_path / "hand_xray_datset"), "--output", str(tmp_path / "out")])
