@@ -1,7 +1,7 @@
 """It learns: short trainings through main.py that beat the mean-shape baseline or predict every landmark.
 
-Both tests run in the default test suite (each well under three minutes on two CPU cores); select or skip them
-with ``-m slow`` / ``-m "not slow"``.
+They run in the default test suite (each under about four minutes on two CPU cores); select or skip them with
+``-m slow`` / ``-m "not slow"``.
 """
 
 import json
@@ -12,7 +12,7 @@ import pytest
 import main
 from utils.io.id_list import read_id_list
 from utils.io.landmarks import read_landmarks_csv
-from utils.synthetic import generate_hand_dataset
+from utils.synthetic import generate_hand_dataset, generate_volume_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +43,16 @@ def test_small_scn_beats_a_third_of_the_mean_shape_baseline_on_synthetic_hands(t
     assert json.loads((output / "summary.json").read_text())["scn"]["pooled"]["pe_mean"] == pooled["pe_mean"]
 
 
+def test_3d_defaults_beat_the_mean_shape_baseline_on_phantom_volumes(tmp_path, capsys):
+    """`--dim 3` (main.CPU_3D, the SCN) through the whole pipeline: a short training beats the mean shape."""
+    data, output = tmp_path / "volumes", tmp_path / "output"
+    generate_volume_dataset(data, num_images=30, seed=1)
+    summary = main.main(["--dim", "3", "--dataset", str(data), "--output", str(output), "--cv", "1",
+                         "--max-iter", "200", "--test-iter", "200", "--snapshot-iter", "200"])
+    print(capsys.readouterr().out)  # shown with -s or on failure
+    pooled, baseline = summary["scn"]["pooled"], summary["scn"]["mean_shape_baseline"]["pooled"]
+    assert pooled["num_landmarks"] == main.CPU_3D["num_landmarks"]
+    assert pooled["pe_mean"] < 0.9 * baseline["pe_mean"], (pooled["pe_mean"], baseline["pe_mean"])
 
 def test_short_training_on_real_radiographs_predicts_every_landmark(hand_data_dir, tmp_path):
     output = tmp_path / "output"
