@@ -43,14 +43,19 @@ def test_small_scn_beats_a_third_of_the_mean_shape_baseline_on_synthetic_hands(t
     assert json.loads((output / "summary.json").read_text())["scn"]["pooled"]["pe_mean"] == pooled["pe_mean"]
 
 
-def test_3d_defaults_beat_the_mean_shape_baseline_on_phantom_volumes(tmp_path, capsys):
-    """`--dim 3` (main.CPU_3D, the SCN) through the whole pipeline: a short training beats the mean shape."""
+# scn_mia is left out: after these 200 iterations it is still at the mean shape (9.96 vs 9.82 mm), as slow
+# to start as on the real radiographs (README); scn 8.05 and unet 4.73 mm.
+@pytest.mark.parametrize("network", ["scn", "unet"])
+def test_3d_defaults_beat_the_mean_shape_baseline_on_phantom_volumes(network, tmp_path, capsys):
+    """`--dim 3` (main.CPU_3D) through the whole pipeline: a short training of each 3D network beats the
+    mean shape."""
     data, output = tmp_path / "volumes", tmp_path / "output"
     generate_volume_dataset(data, num_images=30, seed=1)
     summary = main.main(["--dim", "3", "--dataset", str(data), "--output", str(output), "--cv", "1",
-                         "--max-iter", "200", "--test-iter", "200", "--snapshot-iter", "200"])
+                         "--network", network, "--max-iter", "200", "--test-iter", "200",
+                         "--snapshot-iter", "200"])
     print(capsys.readouterr().out)  # shown with -s or on failure
-    pooled, baseline = summary["scn"]["pooled"], summary["scn"]["mean_shape_baseline"]["pooled"]
+    pooled, baseline = summary[network]["pooled"], summary[network]["mean_shape_baseline"]["pooled"]
     assert pooled["num_landmarks"] == main.CPU_3D["num_landmarks"]
     assert pooled["pe_mean"] < 0.9 * baseline["pe_mean"], (pooled["pe_mean"], baseline["pe_mean"])
 
