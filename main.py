@@ -381,15 +381,14 @@ def prepare_dataset(params: Parameters) -> Path:
     images = folder / "images"
     if images.is_dir() and any(images.iterdir()):
         return folder
+    kind = "hand" if params.dim == 2 else "volume"
     default = folder.resolve() == Path(SYNTHETIC_FOLDERS[params.dim]).resolve()
     if not default and not params.generate_synthetic:
         what = "does not exist" if not folder.exists() else f"has no images in {images}"
-        kind = "hand" if params.dim == 2 else "volume"
         raise FileNotFoundError(
             f"dataset folder {folder} {what}. Put images/<id>.<ext> and setup/ there (see README.md), or for "
             f"the synthetic phantoms leave out --dataset, add --generate-synthetic, or run "
             f"python -m utils.synthetic {kind} {folder}")
-    kind = "hand" if params.dim == 2 else "volume"
     print(f"{images} has no images: generating {params.synthetic_images} synthetic {kind} images into "
           f"{folder} ...")
     generate = generate_hand_dataset if params.dim == 2 else generate_volume_dataset
