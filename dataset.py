@@ -50,7 +50,8 @@ from utils.transforms.intensity import IntensityAugmentation
 from utils.transforms.spatial import SampleTransform, SpatialAugmentation
 
 __all__ = ["AUGMENTATION_2D", "AUGMENTATION_3D", "DATA_SPECS", "HAND_XRAY", "NORMALIZATIONS", "PHYSICAL",
-           "DataSpec", "Dataset", "ValidationSample", "spatial_chain"]
+           "DataSpec", "Dataset", "ImageSamples", "ValidationSample", "csv_units", "sample_generator",
+           "spatial_chain"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,46 @@ def spatial_chain(translation: float, rotation: float, scaling: tuple[float, flo
     )
 
 
+def sample_generator(spec: DataSpec, image_size: Sequence[int], heatmap_size: Sequence[int] | None = None,
+                     augmentation: dict | None = None, normalization: str = "image", clamp: bool = True
+                     ) -> SampleGenerator:
+    """The sample maker of a run: its spatial chain (`spatial_chain` with the strengths of its dimension,
+    replaced by `augmentation`), intensity handling and output and heatmap grids. Training draws it with a
+    random generator; validation and prediction with None (the non-random chain). Arguments as `Dataset`'s.
+
+    Raises:
+        ValueError: A size, strength or normalisation is invalid (names the value received).
+    """
+    dim = len(image_size)
+    if dim not in (2, 3):
+        raise ValueError(f"image_size must have 2 or 3 entries, got {tuple(image_size)}")
+    heatmap_size = tuple(image_size) if heatmap_size is None else tuple(heatmap_size)
+    factors = {i // h if h and i % h == 0 else 0 for i, h in zip(image_size, heatmap_size, strict=False)}
+    if len(heatmap_size) != dim or len(factors) != 1 or 0 in factors:
+        raise ValueError(f"heatmap_size must be image_size {tuple(image_size)} divided by one integer "
+                         f"factor, got {heatmap_size}")
+    strengths = {**(AUGMENTATION_2D if dim == 2 else AUGMENTATION_3D), **(augmentation or {})}
+    unknown = set(strengths) - set(AUGMENTATION_2D)
+    if unknown:
+        raise ValueError(f"unknown augmentation strengths {sorted(unknown)}; "
+                         f"known: {sorted(AUGMENTATION_2D)}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
+    intensity = IntensityAugmentation(shift=spec.intensity_shift, scale=spec.intensity_scale,
+                                      clamp=(-1.0, 1.0) if clamp else None)
+    output = Geometry.grid(tuple(image_size))
+    return SampleGenerator(spatial_chain(**strengths), intensity, output, output.downsampled(factors.pop()),
+                           NORMALIZATIONS[normalization])
+
+
+def csv_units(spec: DataSpec, geometry: Geometry, points: np.ndarray) -> np.ndarray:
+    """(N, dim) physical points of an image of `geometry` in the units of the spec's CSV (pixel indices or
+    physical coordinates)."""
+    if spec.landmark_units == "physical":
+        return np.asarray(points, dtype=np.float64)
+    return geometry.physical_to_index(points)
+
+
 @dataclass(frozen=True, eq=False)
 class ValidationSample:
     """One test image, prepared by the non-random chain, with what is needed to map predictions back.
@@ -153,8 +194,10 @@ class ValidationSample:
     mm_scale: float
 
 
-class _Samples:
-    """Picklable ``make_sample(index, rng)`` for the loader; each process holds its own image cache."""
+class ImageSamples:
+    """Picklable ``make_sample(index, rng)`` over image files, for the loader and for prediction; each process
+    holds its own image cache. ``validation=True`` returns {"image", "transform"} (landmarks may be NaN:
+    unknown), else the training arrays and the id. An image that fails is reported by id and path."""
 
     def __init__(self, ids: list[str], paths: list[Path], landmarks: np.ndarray, generator: SampleGenerator,
                  ignore_spacing: bool, cache_bytes: int, validation: bool):
@@ -235,21 +278,8 @@ class Dataset:
             if spec not in DATA_SPECS:
                 raise ValueError(f"unknown data spec {spec!r}; known: {', '.join(DATA_SPECS)}")
             spec = DATA_SPECS[spec]
-        dim = len(image_size)
-        if dim not in (2, 3):
-            raise ValueError(f"image_size must have 2 or 3 entries, got {tuple(image_size)}")
-        heatmap_size = tuple(image_size) if heatmap_size is None else tuple(heatmap_size)
-        factors = {i // h if h and i % h == 0 else 0 for i, h in zip(image_size, heatmap_size, strict=False)}
-        if len(heatmap_size) != dim or len(factors) != 1 or 0 in factors:
-            raise ValueError(f"heatmap_size must be image_size {tuple(image_size)} divided by one integer "
-                             f"factor, got {heatmap_size}")
-        strengths = {**(AUGMENTATION_2D if dim == 2 else AUGMENTATION_3D), **(augmentation or {})}
-        unknown = set(strengths) - set(AUGMENTATION_2D)
-        if unknown:
-            raise ValueError(f"unknown augmentation strengths {sorted(unknown)}; "
-                             f"known: {sorted(AUGMENTATION_2D)}")
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
+        self.generator = sample_generator(spec, image_size, heatmap_size, augmentation, normalization, clamp)
+        dim = self.generator.output.dim
         self.base_folder = Path(base_folder)
         self.spec = spec
         self.dim = dim
@@ -287,13 +317,8 @@ class Dataset:
                     points = geometry.index_to_physical(points)
                 self._landmarks[image_id] = points
 
-        # ---- transforms: one spatial chain (random parts off for validation), intensities ----
-        intensity = IntensityAugmentation(shift=spec.intensity_shift, scale=spec.intensity_scale,
-                                          clamp=(-1.0, 1.0) if clamp else None)
-        self.output_geometry = Geometry.grid(tuple(image_size))
-        self.heatmap_geometry = self.output_geometry.downsampled(factors.pop())
-        self.generator = SampleGenerator(spatial_chain(**strengths), intensity, self.output_geometry,
-                                         self.heatmap_geometry, NORMALIZATIONS[normalization])
+        self.output_geometry = self.generator.output
+        self.heatmap_geometry = self.generator.heatmap_geometry
         self._train_loader: BatchLoader | None = None
 
     # ---------------------------------------------------------------- files
@@ -317,8 +342,8 @@ class Dataset:
                             path=self.base_folder / "images", image_id=image_id)
         return found[0]
 
-    def _samples(self, ids: list[str], validation: bool) -> _Samples:
-        return _Samples(ids, [self._paths[i] for i in ids], np.stack([self._landmarks[i] for i in ids]),
+    def _samples(self, ids: list[str], validation: bool) -> ImageSamples:
+        return ImageSamples(ids, [self._paths[i] for i in ids], np.stack([self._landmarks[i] for i in ids]),
                         self.generator, self.spec.ignore_spacing, self.cache_bytes, validation)
 
     # ---------------------------------------------------------------- public
@@ -367,11 +392,9 @@ class Dataset:
 
     def to_csv_units(self, image_id: str, points: np.ndarray) -> np.ndarray:
         """Converts (N, dim) physical points of image `image_id` into the units of all.csv."""
-        if self.spec.landmark_units == "physical":
-            return np.asarray(points, dtype=np.float64)
         if image_id not in self._geometry:
             raise ValueError(f"id {image_id!r} is not in this dataset's train or test list")
-        return self._geometry[image_id].physical_to_index(points)
+        return csv_units(self.spec, self._geometry[image_id], points)
 
     def mm_scales(self, landmarks: np.ndarray) -> np.ndarray:
         """(M,) millimetres per physical unit of M images with (M, N, dim) landmarks (see `DataSpec`)."""

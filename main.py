@@ -56,8 +56,10 @@ if __name__ != "__mp_main__":
 
     from network import NETWORKS, build_network
     from utils.data.debug import write_debug_batch
+    from utils.landmarks.conformal import conformal_radii
     from utils.landmarks.targets import GaussianTargets
     from utils.training.evaluation import Evaluation, evaluate, mean_shape_errors, summarize
+    from utils.training.export import INFO_FILE, NETWORK_FILE, write_export
     from utils.training.loop import NonFiniteLossError, Schedule, train
     from utils.training.model import HeatmapTrainer, make_optimizer
 
@@ -155,6 +157,9 @@ class Parameters:
     test_iter: int = _field(250, "test on the validation images every N iterations")
     snapshot_iter: int = _field(500, "save a checkpoint every N iterations")
     test_at_start: bool = _field(False, "also test before the first training iteration")
+    coverage: float = _field(0.9, "coverage of the per-landmark conformal radii computed from the last "
+                             "test (the true landmark of a new image lies within its radius with this "
+                             "probability; in export/predict.json)", metavar="P")
     # ---- system ----
     seed: int = _field(0, "random seed of weights, augmentation and data order")
     workers: int = _field(0, "data-loading processes (0: load in the main process)")
@@ -180,6 +185,8 @@ class Parameters:
         if self.sigma_regularization < 0 or self.workers < 0:
             raise ValueError(f"--sigma-regularization and --workers must be >= 0, got "
                              f"{self.sigma_regularization}, {self.workers}")
+        if not 0 < self.coverage < 1:
+            raise ValueError(f"--coverage must be between 0 and 1, got {self.coverage}")
         if self.anisotropic_sigma and not self.learn_sigma:
             raise ValueError("--anisotropic-sigma needs --learn-sigma (fixed sigmas are isotropic)")
 
@@ -429,6 +436,24 @@ def run_name(network: str, fold: str) -> str:
     return f"{network}_full" if fold == "none" else f"{network}_cv{fold}"
 
 
+def build_model(params: Parameters) -> HeatmapTrainer:
+    """The run's model, uncompiled: its network (under the run's precision policy) and the targets drawn on
+    the network's output grid."""
+    keras.mixed_precision.set_global_policy(params.precision)
+    network = build_network(params.networks[0], (*reversed(params.image_size), 1), params.num_landmarks,
+                            num_filters=params.num_filters, weight_decay=params.weight_decay)
+    heatmap_shape = tuple(network.output.shape[1:-1])  # ([z,] y, x): the one source of the heatmap grid
+    targets = GaussianTargets(params.num_landmarks, heatmap_shape, params.sigma,
+                              learn_sigma=params.learn_sigma, anisotropic=params.anisotropic_sigma,
+                              peak=params.target_peak)
+    return HeatmapTrainer(network, targets, params.sigma_regularization)
+
+
+def heatmap_size(model: HeatmapTrainer) -> tuple[int, ...]:
+    """The network's output grid size, (x, y[, z]) pixels."""
+    return tuple(reversed(model.targets.shape))
+
+
 def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> tuple[Evaluation, np.ndarray]:
     """Trains `params.networks[0]` on fold `params.cv` in `run`, testing on the way.
 
@@ -440,22 +465,14 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
     """
     keras.backend.clear_session()  # free the previous run's models and traced functions
     keras.utils.set_random_seed(params.seed)
-    keras.mixed_precision.set_global_policy(params.precision)
-    # ---- model: the network, and the targets drawn on its output grid ----
-    network = build_network(params.networks[0], (*reversed(params.image_size), 1), params.num_landmarks,
-                            num_filters=params.num_filters, weight_decay=params.weight_decay)
-    heatmap_shape = tuple(network.output.shape[1:-1])  # ([z,] y, x): the one source of the heatmap grid
-    targets = GaussianTargets(params.num_landmarks, heatmap_shape, params.sigma,
-                              learn_sigma=params.learn_sigma, anisotropic=params.anisotropic_sigma,
-                              peak=params.target_peak)
-    model = HeatmapTrainer(network, targets, params.sigma_regularization)
+    model = build_model(params)
     model.compile(optimizer=optimizer(params))
-    # ---- data: images and points on that grid ----
+    # ---- data: images and points on the network's output grid ----
     with Dataset(
         dataset_folder(params),
         spec=data_spec(params),
         image_size=params.image_size,
-        heatmap_size=tuple(reversed(heatmap_shape)),
+        heatmap_size=heatmap_size(model),
         num_landmarks=params.num_landmarks,
         fold=params.cv,
         batch_size=params.batch_size,
@@ -470,7 +487,7 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
             batch = next(dataset.training_batches())
             names = [f"{image_id}_batch0_{i}" for i, image_id in enumerate(batch["id"])]
             write_debug_batch(run.root / "debug", names, batch, dataset.heatmap_geometry,
-                              lambda points, mask: keras.ops.convert_to_numpy(targets([points, mask])))
+                              lambda points, mask: keras.ops.convert_to_numpy(model.targets([points, mask])))
             print(f"debug images of the first batch written to {run.root / 'debug'}")
         return _train_and_test(params, run, resume, dataset, model)
 
@@ -500,7 +517,34 @@ def _train_and_test(
     train(model, dataset.training_batches, run, schedule, evaluate=test, state=state, resume=resume)
     if not tests:  # resumed a finished run: test its final state
         test(params.max_iter)
+    export(params, run, model, tests[-1])
     return tests[-1], baseline
+
+
+def export(params: Parameters, run: RunFolder, model: HeatmapTrainer, final: Evaluation) -> None:
+    """Writes the trained network and what predict.py needs into ``<run>/export/``, with the conformal
+    radii of the final test (held-out images) at --coverage."""
+    radii = conformal_radii(final.errors, params.coverage)
+    spec = DATA_SPECS[data_spec(params)]
+    info = {
+        "network": params.networks[0],
+        "iteration": params.max_iter,
+        "parameters": config_to_dict(params),
+        "input_size": list(params.image_size),
+        "heatmap_size": list(heatmap_size(model)),
+        "data_spec": dataclasses.asdict(spec),
+        "landmark_names": [f"landmark_{n}" for n in range(params.num_landmarks)],
+        "sigmas": model.sigmas().tolist(),
+        "calibration": {"coverage": params.coverage, "radii_mm": [None if math.isinf(r) else float(r)
+                                                                   for r in radii],
+                        "num_images": len(final.ids), "source": "split-conformal on the last test"},
+    }
+    folder = write_export(run.root / "export", model.network, info)
+    finite = radii[np.isfinite(radii)]
+    shown = (f"median {np.median(finite):.2f} mm, {finite.min():.2f}-{finite.max():.2f} mm" if finite.size
+             else f"none: too few test images for coverage {params.coverage}")
+    print(f"exported to {folder} ({NETWORK_FILE}, {INFO_FILE}); {100 * params.coverage:g} % landmark "
+          f"radii: {shown}")
 
 
 def describe(stats: dict) -> str:

@@ -30,7 +30,9 @@ import numpy as np
 from utils.io.atomic import atomic_path
 from utils.io.errors import DataError
 
-__all__ = ["Checkpoint", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "Checkpoint", "checkpoint_path", "latest_checkpoint", "load_checkpoint", "load_weights", "save_checkpoint"
+]
 
 _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
 _TEMPORARY = ".ckpt_*.tmp.npz"  # what `atomic_path` names its temporary files while a checkpoint is written
@@ -59,6 +61,11 @@ def _optimizer_variables(model: keras.Model) -> list:
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
     return list(optimizer.variables)
+
+
+def checkpoint_path(folder: str | Path, iteration: int) -> Path:
+    """The checkpoint file of `iteration` in the ``checkpoints/`` folder: ``ckpt_<8 digits>.npz``."""
+    return Path(folder) / f"ckpt_{int(iteration):08d}.npz"
 
 
 def save_checkpoint(
@@ -92,7 +99,7 @@ def save_checkpoint(
         arrays[f"optimizer_{k}"] = keras.ops.convert_to_numpy(variable)
     arrays["state"] = np.array(json.dumps({"iteration": int(iteration), **state}))
     folder = Path(folder)
-    path = folder / f"ckpt_{int(iteration):08d}.npz"
+    path = checkpoint_path(folder, iteration)
     with atomic_path(path) as temporary:
         np.savez(temporary, **arrays)
     for old in _checkpoints(folder)[:-keep]:
@@ -121,22 +128,8 @@ def _numbered(data: Mapping[str, np.ndarray], prefix: str) -> list[np.ndarray]:
     return [data[f"{prefix}{k}"] for k in range(count)]
 
 
-def load_checkpoint(path: str | Path, model: keras.Model) -> Checkpoint:
-    """Restores weights and optimizer variables of the compiled `model` from a checkpoint file.
-
-    Args:
-        path: a ``ckpt_*.npz`` file, or a ``checkpoints/`` folder (its newest checkpoint is loaded).
-        model: a compiled model with the same architecture and optimizer as the one saved.
-
-    Returns:
-        The checkpoint's iteration and extra state.
-
-    Raises:
-        FileNotFoundError: if there is no checkpoint at `path`.
-        DataError: if the file is not a readable checkpoint (damaged, or not written by `save_checkpoint`).
-        ValueError: if the numbers of weights or optimizer variables or their shapes do not match.
-    """
-    path = Path(path)
+def _read(path: Path) -> tuple[Path, list[np.ndarray], list[np.ndarray], dict]:
+    """(file, weights, optimizer variables, state) of a checkpoint file or of a folder's newest one."""
     if path.is_dir():
         found = latest_checkpoint(path)
         if found is None:
@@ -153,6 +146,11 @@ def load_checkpoint(path: str | Path, model: keras.Model) -> Checkpoint:
             raise ValueError(f"its state {state!r} has no iteration")
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
         raise DataError(f"checkpoint {path} cannot be read: {error}", path=path) from error
+    return path, weights, slots, state
+
+
+def _set_weights(path: Path, model: keras.Model, weights: list[np.ndarray]) -> None:
+    """`model.set_weights(weights)` after checking that their number and shapes match."""
     expected = model.get_weights()
     if [w.shape for w in weights] != [w.shape for w in expected]:
         raise ValueError(
@@ -160,6 +158,36 @@ def load_checkpoint(path: str | Path, model: keras.Model) -> Checkpoint:
             f"{model.name!r} has {len(expected)} of shapes {[w.shape for w in expected]}"
         )
     model.set_weights(weights)
+
+
+def load_weights(path: str | Path, model: keras.Model) -> Checkpoint:
+    """Restores only the weights of `model` (compiled or not) from a checkpoint: for inference.
+
+    Args and errors as `load_checkpoint`'s, without the optimizer.
+    """
+    path, weights, _, state = _read(Path(path))
+    _set_weights(path, model, weights)
+    iteration = int(state.pop("iteration"))
+    return Checkpoint(path=path, iteration=iteration, state=state)
+
+
+def load_checkpoint(path: str | Path, model: keras.Model) -> Checkpoint:
+    """Restores weights and optimizer variables of the compiled `model` from a checkpoint file.
+
+    Args:
+        path: a ``ckpt_*.npz`` file, or a ``checkpoints/`` folder (its newest checkpoint is loaded).
+        model: a compiled model with the same architecture and optimizer as the one saved.
+
+    Returns:
+        The checkpoint's iteration and extra state.
+
+    Raises:
+        FileNotFoundError: if there is no checkpoint at `path`.
+        DataError: if the file is not a readable checkpoint (damaged, or not written by `save_checkpoint`).
+        ValueError: if the numbers of weights or optimizer variables or their shapes do not match.
+    """
+    path, weights, slots, state = _read(Path(path))
+    _set_weights(path, model, weights)
     variables = _optimizer_variables(model)
     if len(slots) != len(variables):
         raise ValueError(

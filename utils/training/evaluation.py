@@ -30,7 +30,8 @@ from utils.landmarks.targets import GaussianTargets
 from utils.training.loss import heatmap_l2_loss
 
 __all__ = [
-    "Evaluation", "evaluate", "main_figures", "mean_shape_errors", "predict", "summarize", "validation_loss"
+    "Evaluation", "evaluate", "main_figures", "mean_shape_errors", "predict", "summarize", "to_original",
+    "validation_loss",
 ]
 
 
@@ -102,9 +103,10 @@ def predict(network: keras.Model, images: np.ndarray, batch_size: int = 8) -> np
     return np.concatenate(parts)
 
 
-def _to_original(points: np.ndarray, sample: ValidationSampleLike) -> np.ndarray:
-    """Heatmap index coordinates (N, dim) -> original image physical coordinates (N, dim)."""
-    return sample.transform.output_to_input(sample.heatmap_geometry.index_to_physical(points))
+def to_original(points: np.ndarray, transform: Any, heatmap_geometry: Any) -> np.ndarray:
+    """Heatmap index coordinates (N, dim) -> original image physical coordinates (N, dim), through the
+    heatmap grid (index -> output physical) and the sample's `SampleTransform` (output -> input)."""
+    return transform.output_to_input(heatmap_geometry.index_to_physical(points))
 
 
 def evaluate(
@@ -145,7 +147,7 @@ def evaluate(
     heatmaps = predict(network, np.stack([sample.image for sample in samples]), batch_size)
     predicted = np.stack(
         [
-            _to_original(decode_heatmaps(maps)[0], sample)
+            to_original(decode_heatmaps(maps)[0], sample.transform, sample.heatmap_geometry)
             for maps, sample in zip(heatmaps, samples, strict=True)
         ]
     )

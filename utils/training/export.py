@@ -1,0 +1,91 @@
+"""A trained network as files that outlive the training code: ``network.keras`` plus ``predict.json``.
+
+Every run writes ``<run>/export/`` at its end (`write_export`):
+
+- ``network.keras``: the heatmap network in Keras's own format; ``keras.saving.load_model`` opens it once
+  ``network`` (the project's registered layers) is imported.
+- ``predict.json``: what a prediction needs besides the weights: the run's parameters (input size, data
+  spec with its units, spacing policy and millimetres, intensity handling), the heatmap grid, the sigmas,
+  the landmark names, the iteration, and the conformal radii of the run's final test
+  (`utils.landmarks.conformal`).
+
+`export_savedmodel` adds a TensorFlow SavedModel (serving signature ``serve``) with the same
+``predict.json`` beside it. Both are written atomically: an interrupted export leaves no half file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from utils.io.atomic import atomic_path, write_json_atomic
+from utils.io.errors import DataError
+
+__all__ = ["EXPORT_FORMAT", "INFO_FILE", "NETWORK_FILE", "export_savedmodel", "read_info", "write_export"]
+
+NETWORK_FILE = "network.keras"
+INFO_FILE = "predict.json"
+EXPORT_FORMAT = 1  # version of predict.json's layout
+
+
+def write_export(folder: str | Path, network: keras.Model, info: Mapping[str, Any]) -> Path:
+    """Writes ``network.keras`` and ``predict.json`` (``info`` plus the format version) into `folder`.
+
+    Returns:
+        The folder.
+    """
+    folder = Path(folder)
+    with atomic_path(folder / NETWORK_FILE) as temporary:
+        network.save(temporary)
+    write_json_atomic(folder / INFO_FILE, {"format": EXPORT_FORMAT, **info})
+    return folder
+
+
+def read_info(folder: str | Path) -> dict[str, Any]:
+    """The ``predict.json`` of an export folder or SavedModel.
+
+    Raises:
+        FileNotFoundError: There is no predict.json in `folder`.
+        DataError: It is unreadable or of another format version (names the file).
+    """
+    path = Path(folder) / INFO_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {INFO_FILE}: not an export of this project")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path} cannot be read: {error}", path=path) from error
+    if not isinstance(info, dict) or info.get("format") != EXPORT_FORMAT:
+        raise DataError(f"{path} is not a format-{EXPORT_FORMAT} {INFO_FILE}", path=path)
+    return info
+
+
+def export_savedmodel(network: keras.Model, info: Mapping[str, Any], folder: str | Path) -> Path:
+    """Writes `network` as a TensorFlow SavedModel (signature ``serve``: images -> heatmaps) with
+    ``predict.json`` into `folder`, which must not exist yet (it appears complete or not at all).
+
+    Raises:
+        RuntimeError: The Keras backend is not TensorFlow.
+        FileExistsError: `folder` exists.
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"a SavedModel needs the TensorFlow backend; this one is {keras.backend.backend()}"
+                           " (KERAS_BACKEND=tensorflow)")
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"{folder} exists: choose a new folder for the SavedModel")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        network.export(str(staging / "model"), format="tf_saved_model", verbose=False)
+        write_json_atomic(staging / "model" / INFO_FILE, {"format": EXPORT_FORMAT, **info})
+        (staging / "model").rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
