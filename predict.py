@@ -1,0 +1,318 @@
+"""Apply a trained network to new images: landmarks in the original images' coordinates, with confidence.
+
+Run from the repository root:
+
+    python predict.py output/scn_cv1/<timestamp> new_images/ --output predictions/   # a run's last checkpoint
+    python predict.py output/scn_cv1/<timestamp>/export a.mha b.png --output pred/ --overlays
+    python predict.py RUN_DIR images/ --iteration 500 --output pred/              # an earlier checkpoint
+    python predict.py RUN_DIR --export-savedmodel serving/scn                      # TensorFlow SavedModel
+
+MODEL is a run folder (its config.json and newest checkpoint, or --iteration N), an export folder
+(``network.keras`` + ``predict.json``, written at the end of every run) or the ``.keras`` file in one, or a
+SavedModel written by --export-savedmodel. INPUT are image files or folders of them (2D or 3D, any format
+SimpleITK reads); an image's id is its file name up to the first dot. Each image goes through the run's
+validation chain (no randomness), the network, the heatmap decoding and the inverse transform, as in the
+run's own tests. Written into --output:
+
+    landmarks.csv        id,x0,y0[,z0],... in the run's annotation units (pixel indices for hand_xray)
+    landmarks.json       per image: file, landmarks (same units), peak heatmap value per landmark and, when
+                         the model has them, the conformal radius in mm per landmark (true landmark within
+                         it with the stated coverage); and the files that failed, with the reason
+    overlays/<id>.png    with --overlays: predicted landmarks over the network input
+    heatmaps/<id>.npy    with --heatmaps: the predicted heatmaps ([z,] y, x, N), float32
+
+A file that cannot be read or prepared is reported by name and skipped; the exit status is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no start-up banner of C++ logs
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import main  # noqa: E402
+from dataset import DATA_SPECS, ImageSamples, csv_units, sample_generator  # noqa: E402
+from utils.data.sample import read_geometry  # noqa: E402
+from utils.io.atomic import atomic_path, write_json_atomic  # noqa: E402
+from utils.io.errors import DataError  # noqa: E402
+from utils.io.landmarks import write_landmarks_csv  # noqa: E402
+from utils.landmarks.decode import decode_heatmaps  # noqa: E402
+from utils.landmarks.plots import plot_landmarks  # noqa: E402
+from utils.training.checkpoint import checkpoint_path, latest_checkpoint, load_weights  # noqa: E402
+from utils.training.evaluation import to_original  # noqa: E402
+from utils.training.export import INFO_FILE, NETWORK_FILE, export_savedmodel, read_info  # noqa: E402
+from utils.training.output import config_from_dict, config_to_dict, read_config  # noqa: E402
+
+__all__ = ["LoadedModel", "input_files", "load_model", "main_cli", "predict_files"]
+
+
+@dataclass
+class LoadedModel:
+    """A trained network with what is needed to prepare its inputs and read its outputs.
+
+    Attributes:
+        params: The run's parameters (image size, data spec, intensity handling, ...).
+        heatmaps: ``heatmaps(batch)``: (B, [z,] y, x, 1) -> (B, [z,] y, x, N), one forward pass.
+        info: The export information (``predict.json`` content) of this network.
+        description: Where it came from, for messages.
+        network: The Keras network (None for a SavedModel).
+    """
+
+    params: main.Parameters
+    heatmaps: Callable[[np.ndarray], np.ndarray]
+    info: dict
+    description: str
+    network: keras.Model | None = None
+
+    @property
+    def radii_mm(self) -> list[float | None] | None:
+        """Conformal radius per landmark in mm (None: unknown), or None when the model has no calibration."""
+        calibration = self.info.get("calibration")
+        return None if calibration is None else calibration["radii_mm"]
+
+
+def load_model(path: str | Path, iteration: int | None = None) -> LoadedModel:
+    """Loads a run folder's checkpoint, an export (folder or ``.keras`` file) or a SavedModel.
+
+    Raises:
+        FileNotFoundError: Nothing loadable at `path`, or no checkpoint of `iteration`.
+        ValueError: `iteration` given for something other than a run folder.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        return _load_run(path, iteration)
+    if iteration is not None:
+        raise ValueError(f"--iteration chooses a checkpoint of a run folder; {path} is not one (no "
+                         "config.json)")
+    if path.suffix == ".keras" and path.is_file():
+        path = path.parent
+    if (path / "saved_model.pb").is_file():
+        import tensorflow as tf  # only a SavedModel needs TensorFlow itself
+
+        info = read_info(path)
+        loaded = tf.saved_model.load(str(path))  # referenced by the closure: its variables must stay alive
+        params = config_from_dict(main.Parameters, info["parameters"], where=str(path / INFO_FILE))
+        return LoadedModel(params, lambda images: loaded.serve(images), info, f"SavedModel {path}")
+    if (path / NETWORK_FILE).is_file():
+        info = read_info(path)
+        params = config_from_dict(main.Parameters, info["parameters"], where=str(path / INFO_FILE))
+        network = keras.saving.load_model(path / NETWORK_FILE)
+        return LoadedModel(params, network.predict_on_batch, info,
+                           f"export {path / NETWORK_FILE} (iteration {info['iteration']})", network)
+    raise FileNotFoundError(f"{path} is neither a run folder (config.json), an export ({NETWORK_FILE} and "
+                            f"{INFO_FILE}) nor a SavedModel (saved_model.pb)")
+
+
+def _load_run(run: Path, iteration: int | None) -> LoadedModel:
+    """A run folder's network at its newest checkpoint or at `iteration`; the calibration of its export
+    when that export is of the same iteration."""
+    params = read_config(run / "config.json", main.Parameters)
+    folder = run / "checkpoints"
+    found = latest_checkpoint(folder) if iteration is None else checkpoint_path(folder, iteration)
+    if found is None or not found.is_file():
+        kept = sorted(p.name for p in folder.glob("ckpt_*.npz")) if folder.is_dir() else []
+        which = "" if iteration is None else f"of iteration {iteration} "
+        raise FileNotFoundError(f"no checkpoint {which}in {folder}; kept: {', '.join(kept) or 'none'}")
+    model = main.build_model(params)
+    checkpoint = load_weights(found, model)
+    info = {"network": params.networks[0], "iteration": checkpoint.iteration,
+            "parameters": config_to_dict(params), "heatmap_size": list(main.heatmap_size(model)),
+            "sigmas": model.sigmas().tolist()}
+    if (run / "export" / INFO_FILE).is_file():
+        exported = read_info(run / "export")
+        if exported["iteration"] == checkpoint.iteration:
+            info = exported
+    return LoadedModel(params, model.network.predict_on_batch, info, f"run {run}, checkpoint {found.name}",
+                       model.network)
+
+
+def input_files(inputs: Sequence[str | Path]) -> dict[str, Path]:
+    """Image id -> file for files and folders (their non-hidden files, sorted), ids unique.
+
+    Raises:
+        FileNotFoundError: An input does not exist or a folder has no files.
+        ValueError: Two inputs have the same id (names both files).
+    """
+    files: dict[str, Path] = {}
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith("."))
+            if not found:
+                raise FileNotFoundError(f"input folder {item} has no files")
+        elif item.is_file():
+            found = [item]
+        else:
+            raise FileNotFoundError(f"input {item} does not exist")
+        for path in found:
+            image_id = path.name.split(".", 1)[0]
+            if image_id in files:
+                raise ValueError(f"two inputs have the id {image_id!r}: {files[image_id]} and {path}")
+            files[image_id] = path
+    return files
+
+
+class _Progress:
+    """One line every few seconds: images done, failures, rate and time left."""
+
+    def __init__(self, total: int, every_s: float = 3.0):
+        self.total, self.every_s = total, every_s
+        self.start = self.last = time.perf_counter()
+
+    def update(self, done: int, failed: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every_s and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        left = (self.total - done) / max(rate, 1e-9)
+        print(f"predicted {done}/{self.total} images ({failed} failed), {rate:.1f} images/s, "
+              f"{left:.0f} s left", flush=True)
+
+
+def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, overlays: bool = False,
+                  heatmaps: bool = False) -> dict:
+    """Predicts the landmarks of every file and writes the outputs (module docstring) into `output`.
+
+    Images are prepared and predicted ``batch_size`` at a time, so memory stays bounded whatever the number
+    of files. landmarks.csv and landmarks.json are written at the end, also when stopped by an exception
+    or Ctrl-C (with the images done so far).
+
+    Returns:
+        The content of landmarks.json.
+    """
+    params = model.params
+    spec = DATA_SPECS[main.data_spec(params)]
+    generator = sample_generator(spec, params.image_size, model.info["heatmap_size"],
+                                 main.augmentation(params), params.intensity_normalization, params.clamp)
+    ids, paths = list(files), list(files.values())
+    unknown = np.full((len(ids), params.num_landmarks, params.dim), np.nan)
+    samples = ImageSamples(ids, paths, unknown, generator, spec.ignore_spacing, cache_bytes=0,
+                           validation=True)
+    radii = model.radii_mm
+    result = {"model": model.description, "iteration": model.info.get("iteration"),
+              "units": spec.landmark_units, "landmark_names": model.info.get("landmark_names"),
+              "coverage": (model.info.get("calibration") or {}).get("coverage"), "images": {}, "failed": {}}
+    table: dict[str, np.ndarray] = {}
+    seconds = dict.fromkeys(("prepare", "predict", "decode", "write"), 0.0)
+    progress = _Progress(len(ids))
+    try:
+        for start in range(0, len(ids), params.batch_size):
+            clock = time.perf_counter()
+            prepared = []
+            for index in range(start, min(start + params.batch_size, len(ids))):
+                try:
+                    prepared.append((index, samples(index, None)))
+                except (DataError, OSError, ValueError, RuntimeError) as error:
+                    result["failed"][ids[index]] = {"file": str(paths[index]), "error": str(error)}
+                    print(f"failed: {paths[index]}: {error}", file=sys.stderr, flush=True)
+            seconds["prepare"] += time.perf_counter() - clock
+            if prepared:
+                clock = time.perf_counter()
+                images = np.stack([sample["image"] for _, sample in prepared])
+                maps = np.asarray(model.heatmaps(images), dtype=np.float32)
+                seconds["predict"] += time.perf_counter() - clock
+                for (index, sample), heatmap in zip(prepared, maps, strict=True):
+                    clock = time.perf_counter()
+                    points, peaks = decode_heatmaps(heatmap)
+                    physical = to_original(points, sample["transform"], generator.heatmap_geometry)
+                    geometry = read_geometry(paths[index], spec.ignore_spacing)
+                    table[ids[index]] = landmarks = csv_units(spec, geometry, physical)
+                    result["images"][ids[index]] = {
+                        "file": str(paths[index]),
+                        "landmarks": [None if np.isnan(p).any() else p.tolist() for p in landmarks],
+                        "peak": peaks.tolist(),
+                        "radius_mm": radii,
+                    }
+                    seconds["decode"] += time.perf_counter() - clock
+                    clock = time.perf_counter()
+                    if overlays:
+                        plot_landmarks(output / "overlays" / f"{ids[index]}.png", sample["image"][..., 0],
+                                       predicted=sample["transform"].input_to_output(physical),
+                                       title=ids[index])
+                    if heatmaps:
+                        with atomic_path(output / "heatmaps" / f"{ids[index]}.npy") as temporary:
+                            np.save(temporary, heatmap)
+                    seconds["write"] += time.perf_counter() - clock
+            progress.update(min(start + params.batch_size, len(ids)), len(result["failed"]))
+    finally:
+        clock = time.perf_counter()
+        write_landmarks_csv(output / "landmarks.csv", table)
+        result["seconds"] = seconds
+        write_json_atomic(output / "landmarks.json", result)
+        seconds["write"] += time.perf_counter() - clock
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    parse = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n\n")[0],
+                                    epilog="See the module docstring (python -c 'import predict; "
+                                    "help(predict)') and README 'Use a trained model'.")
+    parse.add_argument("model", metavar="MODEL", help="run folder, export folder, .keras file or SavedModel")
+    parse.add_argument("inputs", metavar="INPUT", nargs="*", help="image files or folders of images")
+    parse.add_argument("--output", metavar="DIR", help="folder for landmarks.csv, landmarks.json, overlays/, "
+                       "heatmaps/ (needed with INPUT)")
+    parse.add_argument("--iteration", type=int, metavar="N", help="with a run folder: use ckpt_N instead of "
+                       "the newest checkpoint")
+    parse.add_argument("--overlays", action="store_true", help="write overlays/<id>.png")
+    parse.add_argument("--heatmaps", action="store_true", help="write heatmaps/<id>.npy")
+    parse.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass (default: the "
+                       "run's batch size)")
+    parse.add_argument("--export-savedmodel", metavar="DIR", help="write the network as a TensorFlow "
+                       "SavedModel with its predict.json into DIR (a new folder; TensorFlow backend)")
+    return parse
+
+
+def main_cli(argv: Sequence[str] | None = None) -> dict | None:
+    """Runs the command line; returns landmarks.json's content (None when only exporting)."""
+    parse = parser()
+    args = parse.parse_intermixed_args(argv)
+    if not args.inputs and not args.export_savedmodel:
+        parse.error("give INPUT images to predict, or --export-savedmodel DIR")
+    if args.inputs and not args.output:
+        parse.error("--output DIR is needed to write the predictions")
+    if args.batch_size is not None and args.batch_size < 1:
+        parse.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:  # everything is checked before anything is written
+        files = input_files(args.inputs)
+        model = load_model(args.model, args.iteration)
+    except (ValueError, FileNotFoundError, DataError) as error:
+        parse.error(str(error))
+    if args.batch_size is not None:
+        model.params = dataclasses.replace(model.params, batch_size=args.batch_size)
+    print(f"model: {model.description}")
+    if args.export_savedmodel:
+        if model.network is None:
+            parse.error("--export-savedmodel needs a run folder or a .keras export, not a SavedModel")
+        folder = export_savedmodel(model.network, model.info, args.export_savedmodel)
+        print(f"SavedModel written to {folder} (signature 'serve', with {INFO_FILE})")
+    if not args.inputs:
+        return None
+    output = Path(args.output)
+    result = predict_files(model, files, output, args.overlays, args.heatmaps)
+    done, failed = len(result["images"]), len(result["failed"])
+    total = sum(result["seconds"].values())
+    timing = ", ".join(f"{name} {value:.1f} s" for name, value in result["seconds"].items())
+    print(f"{done} images predicted in {total:.1f} s ({done / max(total, 1e-9):.1f} images/s: {timing}); "
+          f"written to {output / 'landmarks.csv'} and {output / 'landmarks.json'}")
+    if failed:
+        print(f"{failed} file(s) failed: {', '.join(v['file'] for v in result['failed'].values())}",
+              file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        summary = main_cli(sys.argv[1:])
+    except KeyboardInterrupt:
+        sys.exit("\ninterrupted: landmarks.csv and landmarks.json hold the images done so far")
+    sys.exit(1 if summary and summary["failed"] else 0)

@@ -1,0 +1,129 @@
+"""predict.py: a trained run applied to image files gives the run's own test predictions, from its checkpoint
+and from each export; broken inputs are named and skipped; the export opens with only the project's layers.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import main
+import predict
+from utils.io.id_list import read_id_list
+from utils.io.landmarks import read_landmarks_csv
+from utils.synthetic import generate_hand_dataset
+from utils.training.export import INFO_FILE, NETWORK_FILE
+
+NUM_LANDMARKS = 37
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 4-iteration run on 16 synthetic hands (fold 1: 6 test images): (dataset folder, run folder)."""
+    folder = tmp_path_factory.mktemp("predict")
+    data = folder / "hands"
+    generate_hand_dataset(data, num_images=16, seed=1, pixels_per_mm=1.5)
+    main.main(["--dataset", str(data), "--output", str(folder / "output"), "--image-size", "64", "64",
+               "--num-filters", "4", "--batch-size", "4", "--max-iter", "4", "--test-iter", "4",
+               "--snapshot-iter", "4", "--coverage", "0.5"])
+    (run,) = (folder / "output" / "scn_cv1").iterdir()
+    return data, run
+
+
+def _landmarks(path: Path) -> dict[str, np.ndarray]:
+    return read_landmarks_csv(path, NUM_LANDMARKS, 2)
+
+
+def _max_difference(first: dict, second: dict) -> float:
+    assert sorted(first) == sorted(second)
+    return max(float(np.nanmax(np.abs(first[key] - second[key]))) for key in first)
+
+
+def test_predict_reproduces_the_runs_test_predictions(trained, tmp_path):
+    data, run = trained
+    test_ids = read_id_list(data / "setup" / "cv" / "set1" / "test.txt")
+    files = [str(data / "images" / f"{image_id}.mha") for image_id in test_ids]
+    result = predict.main_cli([str(run), *files, "--output", str(tmp_path), "--overlays", "--heatmaps"])
+    assert _max_difference(_landmarks(tmp_path / "landmarks.csv"), _landmarks(run / "iter_4" / "prediction.csv")
+                           ) < 1e-3
+    assert result["failed"] == {} and result["units"] == "pixel" and result["iteration"] == 4
+    first = result["images"][test_ids[0]]
+    assert len(first["peak"]) == len(first["radius_mm"]) == NUM_LANDMARKS
+    assert json.loads((tmp_path / "landmarks.json").read_text())["images"][test_ids[0]] == first
+    assert (tmp_path / "overlays" / f"{test_ids[0]}.png").stat().st_size > 0
+    assert np.load(tmp_path / "heatmaps" / f"{test_ids[0]}.npy").shape == (64, 64, NUM_LANDMARKS)
+
+
+def test_every_export_gives_the_checkpoints_landmarks(trained, tmp_path):
+    data, run = trained
+    images = str(data / "images")
+    predict.main_cli([str(run), images, "--output", str(tmp_path / "checkpoint")])
+    reference = _landmarks(tmp_path / "checkpoint" / "landmarks.csv")
+    assert len(reference) == 16
+    models = {"export": run / "export", "keras_file": run / "export" / NETWORK_FILE}
+    if keras.backend.backend() == "tensorflow":
+        predict.main_cli([str(run), "--export-savedmodel", str(tmp_path / "savedmodel")])
+        assert (tmp_path / "savedmodel" / INFO_FILE).is_file()
+        models["savedmodel"] = tmp_path / "savedmodel"
+    for name, model in models.items():
+        predict.main_cli([str(model), images, "--output", str(tmp_path / name), "--batch-size", "3"])
+        assert _max_difference(_landmarks(tmp_path / name / "landmarks.csv"), reference) < 1e-4, name
+
+
+def test_export_holds_what_predict_needs_and_opens_with_only_the_projects_layers(trained):
+    _, run = trained
+    info = json.loads((run / "export" / INFO_FILE).read_text())
+    assert info["network"] == "scn" and info["iteration"] == 4
+    assert info["input_size"] == [64, 64] and info["heatmap_size"] == [64, 64]
+    assert info["data_spec"]["name"] == "hand_xray" and info["data_spec"]["landmark_units"] == "pixel"
+    assert len(info["sigmas"]) == len(info["landmark_names"]) == NUM_LANDMARKS
+    calibration = info["calibration"]
+    assert calibration["coverage"] == 0.5 and calibration["num_images"] == 6
+    assert all(radius > 0 for radius in calibration["radii_mm"])  # rank ceil(7 * 0.5) = 4 of 6 errors
+    code = (f"import keras, network; model = keras.saving.load_model({str(run / 'export' / NETWORK_FILE)!r}); "
+            "print(model.output.shape)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"(None, 64, 64, {NUM_LANDMARKS})" in done.stdout
+
+
+def test_a_broken_file_is_named_the_others_are_predicted_and_the_exit_status_is_1(trained, tmp_path):
+    data, run = trained
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("hand_0000.mha", "hand_0001.mha"):
+        shutil.copy(data / "images" / name, inputs / name)
+    (inputs / "broken.mha").write_text("not an image")
+    done = subprocess.run([sys.executable, "predict.py", str(run / "export"), str(inputs), "--output",
+                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "broken.mha" in done.stderr
+    assert sorted(_landmarks(tmp_path / "out" / "landmarks.csv")) == ["hand_0000", "hand_0001"]
+    assert list(json.loads((tmp_path / "out" / "landmarks.json").read_text())["failed"]) == ["broken"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["{run}", "--iteration", "3", "{images}", "--output", "{out}"], "no checkpoint of iteration 3"),
+        (["{tmp}", "{images}", "--output", "{out}"], "neither a run folder"),
+        (["{run}", "{tmp}/nowhere.mha", "--output", "{out}"], "nowhere.mha does not exist"),
+        (["{run}", "{images}", "{images}", "--output", "{out}"], "two inputs have the id"),
+        (["{run}", "{images}"], "--output DIR is needed"),
+        (["{run}/export", "--iteration", "4", "{images}", "--output", "{out}"], "not one"),
+    ],
+)
+def test_command_line_mistakes_stop_before_anything_is_written(trained, tmp_path, capsys, arguments, message):
+    data, run = trained
+    values = {"run": run, "images": data / "images", "out": tmp_path / "out", "tmp": tmp_path}
+    with pytest.raises(SystemExit) as stopped:
+        predict.main_cli([argument.format(**values) for argument in arguments])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
