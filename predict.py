@@ -280,6 +280,8 @@ def main_cli(argv: Sequence[str] | None = None) -> dict | None:
         parse.error("give INPUT images to predict, or --export-savedmodel DIR")
     if args.inputs and not args.output:
         parse.error("--output DIR is needed to write the predictions")
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+        parse.error(f"--output {args.output} is a file, not a folder")
     if args.batch_size is not None and args.batch_size < 1:
         parse.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:  # everything is checked before anything is written

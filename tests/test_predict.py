@@ -16,7 +16,7 @@ import main
 import predict
 from utils.io.id_list import read_id_list
 from utils.io.landmarks import read_landmarks_csv
-from utils.synthetic import generate_hand_dataset
+from utils.synthetic import generate_hand_dataset, generate_volume_dataset
 from utils.training.export import INFO_FILE, NETWORK_FILE
 
 NUM_LANDMARKS = 37
@@ -50,8 +50,8 @@ def test_predict_reproduces_the_runs_test_predictions(trained, tmp_path):
     test_ids = read_id_list(data / "setup" / "cv" / "set1" / "test.txt")
     files = [str(data / "images" / f"{image_id}.mha") for image_id in test_ids]
     result = predict.main_cli([str(run), *files, "--output", str(tmp_path), "--overlays", "--heatmaps"])
-    assert _max_difference(_landmarks(tmp_path / "landmarks.csv"), _landmarks(run / "iter_4" / "prediction.csv")
-                           ) < 1e-3
+    tested = _landmarks(run / "iter_4" / "prediction.csv")
+    assert _max_difference(_landmarks(tmp_path / "landmarks.csv"), tested) < 1e-3
     assert result["failed"] == {} and result["units"] == "pixel" and result["iteration"] == 4
     first = result["images"][test_ids[0]]
     assert len(first["peak"]) == len(first["radius_mm"]) == NUM_LANDMARKS
@@ -86,8 +86,8 @@ def test_export_holds_what_predict_needs_and_opens_with_only_the_projects_layers
     calibration = info["calibration"]
     assert calibration["coverage"] == 0.5 and calibration["num_images"] == 6
     assert all(radius > 0 for radius in calibration["radii_mm"])  # rank ceil(7 * 0.5) = 4 of 6 errors
-    code = (f"import keras, network; model = keras.saving.load_model({str(run / 'export' / NETWORK_FILE)!r}); "
-            "print(model.output.shape)")
+    path = str(run / "export" / NETWORK_FILE)
+    code = f"import keras, network; print(keras.saving.load_model({path!r}).output.shape)"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"(None, 64, 64, {NUM_LANDMARKS})" in done.stdout
@@ -117,6 +117,7 @@ def test_a_broken_file_is_named_the_others_are_predicted_and_the_exit_status_is_
         (["{run}", "{images}", "{images}", "--output", "{out}"], "two inputs have the id"),
         (["{run}", "{images}"], "--output DIR is needed"),
         (["{run}/export", "--iteration", "4", "{images}", "--output", "{out}"], "not one"),
+        (["{run}", "{images}", "--output", "{run}/config.json"], "is a file, not a folder"),
     ],
 )
 def test_command_line_mistakes_stop_before_anything_is_written(trained, tmp_path, capsys, arguments, message):
@@ -127,3 +128,18 @@ def test_command_line_mistakes_stop_before_anything_is_written(trained, tmp_path
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_reproduces_a_3d_runs_test_predictions_in_physical_units(tmp_path):
+    data, output = tmp_path / "volumes", tmp_path / "output"
+    generate_volume_dataset(data, num_images=6, seed=1, size=(32, 32, 48))
+    main.main(["--dim", "3", "--dataset", str(data), "--output", str(output), "--num-filters", "4",
+               "--max-iter", "2", "--test-iter", "2", "--snapshot-iter", "2"])
+    (run,) = (output / "scn_cv1").iterdir()
+    test_ids = read_id_list(data / "setup" / "cv" / "set1" / "test.txt")
+    files = [str(data / "images" / f"{image_id}.mha") for image_id in test_ids]
+    result = predict.main_cli([str(run / "export"), *files, "--output", str(tmp_path / "out"), "--overlays"])
+    assert result["units"] == "physical"
+    predicted = read_landmarks_csv(tmp_path / "out" / "landmarks.csv", 10, 3)
+    assert _max_difference(predicted, read_landmarks_csv(run / "iter_2" / "prediction.csv", 10, 3)) < 1e-3
+    assert (tmp_path / "out" / "overlays" / f"{test_ids[0]}.png").stat().st_size > 0
