@@ -426,10 +426,12 @@ def check_dataset(params: Parameters, folds_to_check: str) -> ValidationReport:
                             ignore_spacing=spec.ignore_spacing)
 
 
-def augmentation(params: Parameters) -> dict:
-    """The run's changes to the spatial chain of dataset.py: the B-spline layout, and no scaling step when
-    --no-random-scaling."""
-    return {"deformation_grid": params.bspline_grid} | ({} if params.random_scaling else {"scaling": None})
+def chain_options(params: Parameters) -> dict:
+    """How the run prepares a sample, as `Dataset` and `dataset.sample_generator` take it: its changes to the
+    spatial chain (the B-spline layout; no scaling step with --no-random-scaling), the intensity
+    normalisation and the clamp. Training, tests and predict.py all use this."""
+    changes = {"deformation_grid": params.bspline_grid} | ({} if params.random_scaling else {"scaling": None})
+    return {"augmentation": changes, "normalization": params.intensity_normalization, "clamp": params.clamp}
 
 
 def optimizer(params: Parameters) -> keras.optimizers.Optimizer:
@@ -484,9 +486,7 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
         num_landmarks=params.num_landmarks,
         fold=params.cv,
         batch_size=params.batch_size,
-        augmentation=augmentation(params),
-        normalization=params.intensity_normalization,
-        clamp=params.clamp,
+        **chain_options(params),
         seed=params.seed,
         workers=params.workers,
         cache_bytes=params.cache_mb * 2**20,
@@ -529,25 +529,34 @@ def _train_and_test(
     return tests[-1], baseline
 
 
+def export_info(params: Parameters, model: HeatmapTrainer, iteration: int, calibration: dict | None) -> dict:
+    """What predict.py needs besides the weights (``predict.json``): the parameters, the input and heatmap
+    grids, the data spec (units, spacing policy, millimetres, intensities), landmark names, the sigmas (and
+    rotations when anisotropic), the iteration and the conformal calibration (None: unknown)."""
+    rotation = model.targets.rotation
+    return {
+        "network": params.networks[0],
+        "iteration": int(iteration),
+        "parameters": config_to_dict(params),
+        "input_size": list(params.image_size),
+        "heatmap_size": list(heatmap_size(model)),
+        "data_spec": dataclasses.asdict(DATA_SPECS[data_spec(params)]),
+        "landmark_names": [f"landmark_{n}" for n in range(params.num_landmarks)],
+        "sigmas": model.sigmas().tolist(),
+        "sigma_rotations": None if rotation is None else keras.ops.convert_to_numpy(rotation).tolist(),
+        "calibration": calibration,
+    }
+
+
 def export(params: Parameters, run: RunFolder, model: HeatmapTrainer, final: Evaluation) -> None:
     """Writes the trained network and what predict.py needs into ``<run>/export/``, with the conformal
     radii of the final test (held-out images) at --coverage."""
     radii = conformal_radii(final.errors, params.coverage)
-    spec = DATA_SPECS[data_spec(params)]
-    info = {
-        "network": params.networks[0],
-        "iteration": params.max_iter,
-        "parameters": config_to_dict(params),
-        "input_size": list(params.image_size),
-        "heatmap_size": list(heatmap_size(model)),
-        "data_spec": dataclasses.asdict(spec),
-        "landmark_names": [f"landmark_{n}" for n in range(params.num_landmarks)],
-        "sigmas": model.sigmas().tolist(),
-        "calibration": {"coverage": params.coverage, "radii_mm": [None if math.isinf(r) else float(r)
-                                                                   for r in radii],
-                        "num_images": len(final.ids), "source": "split-conformal on the last test"},
-    }
-    folder = write_export(run.root / "export", model.network, info)
+    calibration = {"coverage": params.coverage, "num_images": len(final.ids),
+                   "radii_mm": [None if math.isinf(r) else float(r) for r in radii],
+                   "source": "split-conformal on the last test"}
+    folder = write_export(run.root / "export", model.network,
+                          export_info(params, model, params.max_iter, calibration))
     finite = radii[np.isfinite(radii)]
     shown = (f"median {np.median(finite):.2f} mm, {finite.min():.2f}-{finite.max():.2f} mm" if finite.size
              else f"none: too few test images for coverage {params.coverage}")

@@ -16,10 +16,10 @@ run's own tests. Written into --output:
 
     landmarks.csv        id,x0,y0[,z0],... in the run's annotation units (pixel indices for hand_xray)
     landmarks.json       per image: file, landmarks (same units), peak heatmap value per landmark and, when
-                         the model has them, the conformal radius in mm per landmark (true landmark within
-                         it with the stated coverage); and the files that failed, with the reason
+                         the model has them, the conformal radius per landmark (true landmark within it
+                         with the stated coverage) in mm and in the CSV's units; the files that failed
     overlays/<id>.png    with --overlays: predicted landmarks over the network input
-    heatmaps/<id>.npy    with --heatmaps: the predicted heatmaps ([z,] y, x, N), float32
+    heatmaps/<id>.npy    with --heatmaps: the predicted heatmaps ([z,] y, x, N), float32, and <id>.png
 
 A file that cannot be read or prepared is reported by name and skipped; the exit status is 1 if any failed.
 """
@@ -41,19 +41,22 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import main  # noqa: E402
-from dataset import DATA_SPECS, ImageSamples, csv_units, sample_generator  # noqa: E402
+from dataset import DataSpec, ImageSamples, csv_units, sample_generator  # noqa: E402
 from utils.data.sample import read_geometry  # noqa: E402
 from utils.io.atomic import atomic_path, write_json_atomic  # noqa: E402
 from utils.io.errors import DataError  # noqa: E402
 from utils.io.landmarks import write_landmarks_csv  # noqa: E402
 from utils.landmarks.decode import decode_heatmaps  # noqa: E402
-from utils.landmarks.plots import plot_landmarks  # noqa: E402
+from utils.landmarks.plots import plot_heatmaps, plot_landmarks  # noqa: E402
+from utils.landmarks.statistics import reference_distance_scale  # noqa: E402
 from utils.training.checkpoint import checkpoint_path, latest_checkpoint, load_weights  # noqa: E402
 from utils.training.evaluation import to_original  # noqa: E402
 from utils.training.export import INFO_FILE, NETWORK_FILE, export_savedmodel, read_info  # noqa: E402
-from utils.training.output import config_from_dict, config_to_dict, read_config  # noqa: E402
+from utils.training.output import config_from_dict, read_config  # noqa: E402
 
 __all__ = ["LoadedModel", "input_files", "load_model", "main_cli", "predict_files"]
+
+COMPANION_SUFFIXES = (".raw", ".zraw")  # pixel data of an .mhd header in the same folder: not an input
 
 
 @dataclass
@@ -94,8 +97,8 @@ def load_model(path: str | Path, iteration: int | None = None) -> LoadedModel:
     if iteration is not None:
         raise ValueError(f"--iteration chooses a checkpoint of a run folder; {path} is not one (no "
                          "config.json)")
-    if path.suffix == ".keras" and path.is_file():
-        path = path.parent
+    network_file = path if path.suffix == ".keras" and path.is_file() else path / NETWORK_FILE
+    folder = network_file.parent
     if (path / "saved_model.pb").is_file():
         import tensorflow as tf  # only a SavedModel needs TensorFlow itself
 
@@ -103,12 +106,12 @@ def load_model(path: str | Path, iteration: int | None = None) -> LoadedModel:
         loaded = tf.saved_model.load(str(path))  # referenced by the closure: its variables must stay alive
         params = config_from_dict(main.Parameters, info["parameters"], where=str(path / INFO_FILE))
         return LoadedModel(params, lambda images: loaded.serve(images), info, f"SavedModel {path}")
-    if (path / NETWORK_FILE).is_file():
-        info = read_info(path)
-        params = config_from_dict(main.Parameters, info["parameters"], where=str(path / INFO_FILE))
-        network = keras.saving.load_model(path / NETWORK_FILE)
+    if network_file.is_file():
+        info = read_info(folder)
+        params = config_from_dict(main.Parameters, info["parameters"], where=str(folder / INFO_FILE))
+        network = keras.saving.load_model(network_file)
         return LoadedModel(params, network.predict_on_batch, info,
-                           f"export {path / NETWORK_FILE} (iteration {info['iteration']})", network)
+                           f"export {network_file} (iteration {info['iteration']})", network)
     raise FileNotFoundError(f"{path} is neither a run folder (config.json), an export ({NETWORK_FILE} and "
                             f"{INFO_FILE}) nor a SavedModel (saved_model.pb)")
 
@@ -125,19 +128,23 @@ def _load_run(run: Path, iteration: int | None) -> LoadedModel:
         raise FileNotFoundError(f"no checkpoint {which}in {folder}; kept: {', '.join(kept) or 'none'}")
     model = main.build_model(params)
     checkpoint = load_weights(found, model)
-    info = {"network": params.networks[0], "iteration": checkpoint.iteration,
-            "parameters": config_to_dict(params), "heatmap_size": list(main.heatmap_size(model)),
-            "sigmas": model.sigmas().tolist()}
+    calibration = None
     if (run / "export" / INFO_FILE).is_file():
-        exported = read_info(run / "export")
-        if exported["iteration"] == checkpoint.iteration:
-            info = exported
+        try:
+            exported = read_info(run / "export")
+        except DataError as error:  # the checkpoint is still good: predict without radii
+            print(f"warning: {error}; predicting without conformal radii", file=sys.stderr)
+        else:
+            if exported.get("iteration") == checkpoint.iteration:
+                calibration = exported.get("calibration")
+    info = main.export_info(params, model, checkpoint.iteration, calibration)
     return LoadedModel(params, model.network.predict_on_batch, info, f"run {run}, checkpoint {found.name}",
                        model.network)
 
 
 def input_files(inputs: Sequence[str | Path]) -> dict[str, Path]:
-    """Image id -> file for files and folders (their non-hidden files, sorted), ids unique.
+    """Image id -> file for files and folders (their files, sorted; hidden files and the ``.raw`` pixel data
+    of ``.mhd`` headers left out), ids unique.
 
     Raises:
         FileNotFoundError: An input does not exist or a folder has no files.
@@ -146,7 +153,8 @@ def input_files(inputs: Sequence[str | Path]) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith("."))
+            found = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
+                           and p.suffix.lower() not in COMPANION_SUFFIXES)
             if not found:
                 raise FileNotFoundError(f"input folder {item} has no files")
         elif item.is_file():
@@ -191,9 +199,9 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
         The content of landmarks.json.
     """
     params = model.params
-    spec = DATA_SPECS[main.data_spec(params)]
+    spec = DataSpec(**model.info["data_spec"])  # as exported: an export keeps its meaning when code changes
     generator = sample_generator(spec, params.image_size, model.info["heatmap_size"],
-                                 main.augmentation(params), params.intensity_normalization, params.clamp)
+                                 **main.chain_options(params))
     ids, paths = list(files), list(files.values())
     unknown = np.full((len(ids), params.num_landmarks, params.dim), np.nan)
     samples = ImageSamples(ids, paths, unknown, generator, spec.ignore_spacing, cache_bytes=0,
@@ -227,11 +235,15 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
                     physical = to_original(points, sample["transform"], generator.heatmap_geometry)
                     geometry = read_geometry(paths[index], spec.ignore_spacing)
                     table[ids[index]] = landmarks = csv_units(spec, geometry, physical)
+                    mm_per_unit = _mm_per_unit(spec, physical, geometry)
                     result["images"][ids[index]] = {
                         "file": str(paths[index]),
                         "landmarks": [None if np.isnan(p).any() else p.tolist() for p in landmarks],
-                        "peak": peaks.tolist(),
+                        "peak": _finite(peaks),
                         "radius_mm": radii,
+                        "mm_per_unit": _finite([mm_per_unit])[0],
+                        "radius": None if radii is None else _finite(
+                            [np.nan if r is None else r / mm_per_unit for r in radii]),
                     }
                     seconds["decode"] += time.perf_counter() - clock
                     clock = time.perf_counter()
@@ -242,6 +254,7 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
                     if heatmaps:
                         with atomic_path(output / "heatmaps" / f"{ids[index]}.npy") as temporary:
                             np.save(temporary, heatmap)
+                        plot_heatmaps(output / "heatmaps" / f"{ids[index]}.png", heatmap)
                     seconds["write"] += time.perf_counter() - clock
             progress.update(min(start + params.batch_size, len(ids)), len(result["failed"]))
     finally:
@@ -251,6 +264,23 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
         write_json_atomic(output / "landmarks.json", result)
         seconds["write"] += time.perf_counter() - clock
     return result
+
+
+def _finite(values) -> list[float | None]:
+    """Floats for JSON: NaN and infinity (a diverged network, an overflow) become None."""
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
+
+
+def _mm_per_unit(spec: DataSpec, physical: np.ndarray, geometry) -> float:
+    """Millimetres per unit of the CSV for one image: from the PREDICTED reference landmarks when the spec
+    defines millimetres by a reference distance (the true ones are unknown here), else from the spacing (1
+    for physical units, which are mm)."""
+    if spec.mm_reference is not None:
+        first, second, distance = spec.mm_reference
+        return float(reference_distance_scale(physical[None], (first, second), distance)[0])
+    if spec.landmark_units == "physical":
+        return 1.0
+    return float(np.mean(geometry.spacing))  # pixel units with a trusted spacing
 
 
 def parser() -> argparse.ArgumentParser:
@@ -282,6 +312,10 @@ def main_cli(argv: Sequence[str] | None = None) -> dict | None:
         parse.error("--output DIR is needed to write the predictions")
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
         parse.error(f"--output {args.output} is a file, not a folder")
+    if args.export_savedmodel and Path(args.export_savedmodel).exists():
+        parse.error(f"--export-savedmodel {args.export_savedmodel} exists: choose a new folder")
+    if args.export_savedmodel and keras.backend.backend() != "tensorflow":
+        parse.error(f"--export-savedmodel needs the TensorFlow backend, not {keras.backend.backend()}")
     if args.batch_size is not None and args.batch_size < 1:
         parse.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:  # everything is checked before anything is written
@@ -316,5 +350,6 @@ if __name__ == "__main__":
     try:
         summary = main_cli(sys.argv[1:])
     except KeyboardInterrupt:
-        sys.exit("\ninterrupted: landmarks.csv and landmarks.json hold the images done so far")
+        sys.exit("\ninterrupted (once predicting had begun, landmarks.csv and landmarks.json hold the images "
+                 "done so far)")
     sys.exit(1 if summary and summary["failed"] else 0)

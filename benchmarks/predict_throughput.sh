@@ -5,8 +5,9 @@
 # then predict.py on COPIES links to each of its images, twice; the second repetition is the figure. From
 # the repository root:
 #
-#     bash benchmarks/predict_throughput.sh      # SOURCE defaults to the real-hand CV folder of
-#                                                # experiments/real_hands_cv.sh; WORK=/tmp/predict_throughput
+#     bash benchmarks/predict_throughput.sh      # SOURCE: a dataset folder with images/ and setup/cv/set1;
+#                                                # default: the folder experiments/real_hands_cv.sh makes
+#                                                # from the six real radiographs; WORK=/tmp/predict_throughput
 set -euo pipefail
 SOURCE=${SOURCE:-output/real_hands_cv/data}
 WORK=${WORK:-/tmp/predict_throughput}

@@ -96,8 +96,9 @@ def test_presets_resolve_to_the_documented_values():
     assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.nesterov
     assert optimizer.momentum == 0.99 and float(optimizer.learning_rate) == pytest.approx(1e-7)
     assert optimizer.global_clipnorm is None
-    assert main.augmentation(paper) == {"deformation_grid": "mesh", "scaling": None}
-    assert main.augmentation(Parameters()) == {"deformation_grid": "image"}  # the default chain
+    assert main.chain_options(paper) == {"augmentation": {"deformation_grid": "mesh", "scaling": None},
+                                         "normalization": "patch", "clamp": False}
+    assert main.chain_options(Parameters())["augmentation"] == {"deformation_grid": "image"}  # the default
 
 
 def test_mia2019_preset_maps_the_authors_values_onto_ours():

@@ -54,7 +54,10 @@ def test_predict_reproduces_the_runs_test_predictions(trained, tmp_path):
     assert _max_difference(_landmarks(tmp_path / "landmarks.csv"), tested) < 1e-3
     assert result["failed"] == {} and result["units"] == "pixel" and result["iteration"] == 4
     first = result["images"][test_ids[0]]
-    assert len(first["peak"]) == len(first["radius_mm"]) == NUM_LANDMARKS
+    assert len(first["peak"]) == len(first["radius_mm"]) == len(first["radius"]) == NUM_LANDMARKS
+    points = np.array(first["landmarks"])  # pixels; millimetres from the predicted landmarks 1 and 5
+    assert first["mm_per_unit"] == pytest.approx(50.0 / np.linalg.norm(points[5] - points[1]))
+    assert first["radius"] == pytest.approx(np.array(first["radius_mm"]) / first["mm_per_unit"])
     assert json.loads((tmp_path / "landmarks.json").read_text())["images"][test_ids[0]] == first
     assert (tmp_path / "overlays" / f"{test_ids[0]}.png").stat().st_size > 0
     assert np.load(tmp_path / "heatmaps" / f"{test_ids[0]}.npy").shape == (64, 64, NUM_LANDMARKS)
@@ -66,7 +69,11 @@ def test_every_export_gives_the_checkpoints_landmarks(trained, tmp_path):
     predict.main_cli([str(run), images, "--output", str(tmp_path / "checkpoint")])
     reference = _landmarks(tmp_path / "checkpoint" / "landmarks.csv")
     assert len(reference) == 16
-    models = {"export": run / "export", "keras_file": run / "export" / NETWORK_FILE}
+    renamed = tmp_path / "renamed"
+    shutil.copytree(run / "export", renamed)
+    (renamed / NETWORK_FILE).rename(renamed / "scn_fold1.keras")
+    models = {"export": run / "export", "keras_file": run / "export" / NETWORK_FILE,
+              "renamed_keras_file": renamed / "scn_fold1.keras"}
     if keras.backend.backend() == "tensorflow":
         predict.main_cli([str(run), "--export-savedmodel", str(tmp_path / "savedmodel")])
         assert (tmp_path / "savedmodel" / INFO_FILE).is_file()
@@ -118,6 +125,7 @@ def test_a_broken_file_is_named_the_others_are_predicted_and_the_exit_status_is_
         (["{run}", "{images}"], "--output DIR is needed"),
         (["{run}/export", "--iteration", "4", "{images}", "--output", "{out}"], "not one"),
         (["{run}", "{images}", "--output", "{run}/config.json"], "is a file, not a folder"),
+        (["{run}", "--export-savedmodel", "{run}"], "exists: choose a new folder"),
     ],
 )
 def test_command_line_mistakes_stop_before_anything_is_written(trained, tmp_path, capsys, arguments, message):
