@@ -348,11 +348,13 @@ class Dataset:
 
     # ---------------------------------------------------------------- public
 
-    def training_batches(self, start_batch: int = 0) -> Iterator[dict]:
+    def training_batches(self, start_batch: int = 0, share: tuple[int, int] = (0, 1)) -> Iterator[dict]:
         """Endless shuffled, augmented training batches, deterministic in (seed, batch number).
 
         Args:
             start_batch: Number of batches already consumed (a resumed run continues identically).
+            share: (k, K): make only the k-th of K equal parts of every batch (one process's rows in a
+                data-parallel run over K processes).
 
         Returns:
             Iterator of {"image": (B, [z,] y, x, 1) float32, "points": (B, N, dim) float32 heatmap index
@@ -363,7 +365,7 @@ class Dataset:
             self._train_loader = BatchLoader(
                 self._samples(self.train_ids, validation=False), len(self.train_ids), self.batch_size,
                 seed=self.seed, num_workers=self.workers)
-        return self._train_loader.train_batches(start_batch)
+        return self._train_loader.train_batches(start_batch, share)
 
     def validation_samples(self) -> list[ValidationSample]:
         """Each test image once, through the non-random chain (same result every call), in test.txt order."""

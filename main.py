@@ -58,6 +58,7 @@ if __name__ != "__mp_main__":
     from utils.data.debug import write_debug_batch
     from utils.landmarks.conformal import conformal_radii
     from utils.landmarks.targets import GaussianTargets
+    from utils.training.distribute import Replicas, split_cpu
     from utils.training.evaluation import Evaluation, evaluate, mean_shape_errors, summarize
     from utils.training.export import INFO_FILE, NETWORK_FILE, write_export
     from utils.training.loop import NonFiniteLossError, Schedule, train
@@ -166,6 +167,13 @@ class Parameters:
     # ---- system ----
     seed: int = _field(0, "random seed of weights, augmentation and data order")
     workers: int = _field(0, "data-loading processes (0: load in the main process)")
+    distribute: str = _field("none", "data-parallel training: none; mirrored (this machine's devices: "
+                             "tf.distribute.MirroredStrategy, or keras.distribution.DataParallel with JAX); "
+                             "multi_worker (several machines: MultiWorkerMirroredStrategy with TF_CONFIG, or "
+                             "jax.distributed); --batch-size stays the global batch",
+                             choices=("none", "mirrored", "multi_worker"))
+    cpu_devices: int = _field(0, "for testing data parallelism without GPUs: split the CPU into N logical "
+                              "devices (TensorFlow backend); 0: off")
     cache_mb: int = _field(1024, "memory for decoded images per loading process, MiB; least recently used "
                            "images leave first", metavar="MIB")
     precision: str = _field("float32", "Keras dtype policy: float32; mixed_float16 (float16 compute, float32 "
@@ -185,9 +193,9 @@ class Parameters:
         if not self.sigma > 0 or not self.target_peak > 0 or self.weight_decay < 0:
             raise ValueError(f"--sigma and --target-peak must be positive and --weight-decay >= 0, got "
                              f"{self.sigma}, {self.target_peak}, {self.weight_decay}")
-        if self.sigma_regularization < 0 or self.workers < 0:
-            raise ValueError(f"--sigma-regularization and --workers must be >= 0, got "
-                             f"{self.sigma_regularization}, {self.workers}")
+        if self.sigma_regularization < 0 or self.workers < 0 or self.cpu_devices < 0:
+            raise ValueError(f"--sigma-regularization, --workers and --cpu-devices must be >= 0, got "
+                             f"{self.sigma_regularization}, {self.workers}, {self.cpu_devices}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.coverage < 1:
@@ -464,10 +472,12 @@ def heatmap_size(model: HeatmapTrainer) -> tuple[int, ...]:
     return tuple(reversed(model.targets.shape))
 
 
-def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> tuple[Evaluation, np.ndarray]:
+def train_and_test(params: Parameters, run: RunFolder, replicas: Replicas, resume: bool = False
+                   ) -> tuple[Evaluation, np.ndarray]:
     """Trains `params.networks[0]` on fold `params.cv` in `run`, testing on the way.
 
     The story of one run: model -> data on the model's output grid -> look at a batch -> train -> test.
+    `replicas` spreads each batch over the devices (`--distribute`).
 
     Returns:
         The last test, and the (M, N) point errors in mm of the mean-shape baseline on the same M test
@@ -475,8 +485,9 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
     """
     keras.backend.clear_session()  # free the previous run's models and traced functions
     keras.utils.set_random_seed(params.seed)
-    model = build_model(params)
-    model.compile(optimizer=optimizer(params))
+    with replicas.scope():  # under a tf.distribute strategy the variables are mirrored on every device
+        model = build_model(params)
+        model.compile(optimizer=optimizer(params))
     # ---- data: images and points on the network's output grid ----
     with Dataset(
         dataset_folder(params),
@@ -497,11 +508,12 @@ def train_and_test(params: Parameters, run: RunFolder, resume: bool = False) -> 
             write_debug_batch(run.root / "debug", names, batch, dataset.heatmap_geometry,
                               lambda points, mask: keras.ops.convert_to_numpy(model.targets([points, mask])))
             print(f"debug images of the first batch written to {run.root / 'debug'}")
-        return _train_and_test(params, run, resume, dataset, model)
+        return _train_and_test(params, run, resume, dataset, model, replicas)
 
 
 def _train_and_test(
-    params: Parameters, run: RunFolder, resume: bool, dataset: Dataset, model: HeatmapTrainer
+    params: Parameters, run: RunFolder, resume: bool, dataset: Dataset, model: HeatmapTrainer,
+    replicas: Replicas,
 ) -> tuple[Evaluation, np.ndarray]:
     """`train_and_test` with its model and open dataset: baseline, training with tests, the last test."""
     validation = dataset.validation_samples()
@@ -509,11 +521,13 @@ def _train_and_test(
     print(f"mean-shape baseline on the {len(validation)} test images: "
           f"{describe(landmark_statistics(baseline))}")
     tests: list[Evaluation] = []
+    forward = replicas.forward(model.network)
 
     def test(iteration: int) -> dict:
         start = time.perf_counter()
         result = evaluate(model.network, validation, run.iteration(iteration), dataset.to_csv_units,
-                          batch_size=params.batch_size, name=run.root.parent.name, targets=model.targets)
+                          batch_size=params.batch_size, name=run.root.parent.name, targets=model.targets,
+                          forward=forward)
         tests.append(result)
         seconds = time.perf_counter() - start
         print(f"--- test at iteration {iteration} ({len(validation)} images, {seconds:.1f} s): "
@@ -522,7 +536,8 @@ def _train_and_test(
 
     schedule = Schedule(params.max_iter, params.test_iter, params.snapshot_iter, params.test_at_start)
     state = {"seed": params.seed, "batch_size": params.batch_size}
-    train(model, dataset.training_batches, run, schedule, evaluate=test, state=state, resume=resume)
+    train(model, lambda start: dataset.training_batches(start, replicas.share), run, schedule, evaluate=test,
+          state=state, resume=resume, step=replicas.train_on_batch)
     if not tests:  # resumed a finished run: test its final state
         test(params.max_iter)
     export(params, run, model, tests[-1])
@@ -576,6 +591,14 @@ def describe(stats: dict) -> str:
     )
 
 
+def start_replicas(params: Parameters) -> Replicas:
+    """The run's device set-up (--cpu-devices, --distribute), made before TensorFlow places anything: it
+    fixes its logical devices and collective ops at its first operation."""
+    if params.cpu_devices:
+        split_cpu(params.cpu_devices)
+    return Replicas(params.distribute, params.batch_size)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Runs the experiment of the command line; returns the summary (also written to summary.json)."""
     parse = parser()
@@ -586,9 +609,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if resume:
             saved = read_config(Path(resume) / "config.json", Parameters)
             experiment = _replace(saved, args)
+            replicas = start_replicas(experiment)
             runs = [(experiment, RunFolder.open(resume))]
         else:
             experiment = resolve(preset, args)
+            replicas = start_replicas(experiment)  # before TensorFlow sets up its devices (network checks)
             runs = []
             for network in experiment.networks:
                 per_network = resolve(preset, args, network)
@@ -618,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         else:
             write_json_atomic(run.config, config_to_dict(params))  # the resumed run's (possibly new) settings
         print(f"=== {name}: {run.root}")
-        evaluation, baseline = train_and_test(params, run, resume=bool(resume))
+        evaluation, baseline = train_and_test(params, run, replicas, resume=bool(resume))
         results.setdefault(params.networks[0], {})[name] = evaluation
         baselines.setdefault(params.networks[0], {})[name] = baseline
     summary = {network: summarize(results[network], baselines[network]) for network in results}

@@ -92,6 +92,19 @@ def test_resume_and_interleaved_iterators_with_workers():
     np.testing.assert_array_equal(np.concatenate([b["index"] for b in validation]), np.arange(NUM_SAMPLES))
 
 
+def test_each_share_of_a_batch_holds_the_same_samples_as_that_part_of_the_whole_batch():
+    """A data-parallel process loads only its part of every global batch, drawn as in the whole batch."""
+    whole = take(BatchLoader(TinySample(), NUM_SAMPLES, 4, seed=2).train_batches(start_batch=1), 3)
+    with BatchLoader(TinySample(), NUM_SAMPLES, 4, seed=2, num_workers=1) as loader:
+        for part in (0, 1):
+            shares = take(loader.train_batches(start_batch=1, share=(part, 2)), 3)
+            for share, batch in zip(shares, whole, strict=True):
+                np.testing.assert_array_equal(share["image"], batch["image"][2 * part:2 * part + 2])
+                assert share["id"] == batch["id"][2 * part:2 * part + 2]
+    with pytest.raises(ValueError, match="does not split into 3 parts"):
+        BatchLoader(TinySample(), NUM_SAMPLES, 4).train_batches(share=(0, 3))
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_sample_error_names_index_and_keeps_traceback(num_workers):
     with BatchLoader(TinySample(fail_index=4), NUM_SAMPLES, BATCH_SIZE, num_workers=num_workers) as loader:

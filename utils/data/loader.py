@@ -146,14 +146,24 @@ class BatchLoader:
         self.prefetch_batches = prefetch_batches or 2 * max(self.num_workers, 1)
         self._pool: ProcessPoolExecutor | None = None
 
-    def train_batches(self, start_batch: int = 0) -> Iterator[dict[str, Any]]:
+    def train_batches(self, start_batch: int = 0, share: tuple[int, int] = (0, 1)
+                      ) -> Iterator[dict[str, Any]]:
         """Endless shuffled, augmented batches, beginning with batch number `start_batch` (to resume).
 
+        With ``share=(k, K)`` only the k-th of K equal parts of every batch is made (the rows one process of a
+        K-process data-parallel run trains on): the same samples, drawn the same way, as in the whole batch.
+
         Raises:
+            ValueError: The batch does not split into K equal parts.
             SampleError: When a sample fails (names its index; carries the original traceback text).
             LoaderError: When a worker process dies.
         """
-        items = training_items(self.seed, self.num_samples, self.batch_size, start_batch)
+        part, parts = share
+        if self.batch_size % parts or not 0 <= part < parts:
+            raise ValueError(f"share {share}: a batch of {self.batch_size} does not split into {parts} parts")
+        size = self.batch_size // parts
+        items = (batch[part * size:(part + 1) * size]
+                 for batch in training_items(self.seed, self.num_samples, self.batch_size, start_batch))
         return self._run(items, randomize=True)
 
     def ordered_batches(self, batch_size: int | None = None) -> Iterator[dict[str, Any]]:

@@ -85,19 +85,22 @@ def main_figures(stats: Mapping) -> dict[str, float | None]:
     return figures
 
 
-def predict(network: keras.Model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+def predict(network: keras.Model, images: np.ndarray, batch_size: int = 8,
+            forward: Callable[[np.ndarray], Any] | None = None) -> np.ndarray:
     """Heatmaps of a stack of images, computed `batch_size` images at a time.
 
     Args:
         network: heatmap network, (B, [z,] y, x, 1) -> (B, [z,] y, x, N).
         images: (M, [z,] y, x, 1) float32.
         batch_size: images per forward pass.
+        forward: one forward pass of a batch; None: ``network.predict_on_batch``.
 
     Returns:
         (M, [z,] y, x, N) float32 NumPy array.
     """
+    forward = forward or network.predict_on_batch
     parts = [
-        np.asarray(network.predict_on_batch(images[start : start + batch_size]), dtype=np.float32)
+        np.asarray(forward(images[start : start + batch_size]), dtype=np.float32)
         for start in range(0, len(images), batch_size)
     ]
     return np.concatenate(parts)
@@ -118,6 +121,7 @@ def evaluate(
     num_plots: int = 4,
     name: str = "test",
     targets: GaussianTargets | None = None,
+    forward: Callable[[np.ndarray], Any] | None = None,
 ) -> Evaluation:
     """Predicts, scores and writes one test of `network` on the validation samples.
 
@@ -133,6 +137,7 @@ def evaluate(
         targets: the model's target renderer: if given, the validation loss (the training loss's heatmap
             term) and the sigmas are added to the statistics ("loss"; "sigmas": N values in heatmap pixels,
             in landmark order, or N lists of per-axis values when anisotropic).
+        forward: one forward pass of a batch (see `predict`).
 
     Returns:
         The predictions, errors and statistics.
@@ -144,7 +149,7 @@ def evaluate(
     if not samples:
         raise ValueError(f"no validation samples to evaluate for {folder}")
     folder = Path(folder)
-    heatmaps = predict(network, np.stack([sample.image for sample in samples]), batch_size)
+    heatmaps = predict(network, np.stack([sample.image for sample in samples]), batch_size, forward)
     predicted = np.stack(
         [
             to_original(decode_heatmaps(maps)[0], sample.transform, sample.heatmap_geometry)

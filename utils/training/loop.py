@@ -107,6 +107,7 @@ def train(
     state: Mapping[str, Any] | None = None,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    step: Callable[[HeatmapTrainer, Batch], Mapping[str, Any]] | None = None,
 ) -> TrainingLog:
     """Trains `model` for `schedule.max_iter` iterations, testing and saving on the way.
 
@@ -121,6 +122,9 @@ def train(
             must equal the saved one, so that the data order stays the same.
         resume: continue from the newest checkpoint in ``run.checkpoints`` instead of starting at 0.
         log: where progress lines go.
+        step: ``step(model, batch)`` runs one training step and returns its logs ({"loss": ...});
+            None: ``model.train_on_batch`` (`utils.training.distribute.Replicas.train_on_batch` spreads it
+            over devices).
 
     Returns:
         The training log (losses and test errors per iteration), also saved in the run folder.
@@ -163,7 +167,8 @@ def train(
                 history.save()
                 raise
             window_wait += time.perf_counter() - asked  # the loader fell behind the training step
-            logs = model.train_on_batch({key: batch[key] for key in INPUTS}, return_dict=True)
+            inputs = {key: batch[key] for key in INPUTS}
+            logs = step(model, inputs) if step else model.train_on_batch(inputs, return_dict=True)
             loss = float(logs["loss"])
             if not math.isfinite(loss):
                 where = f"the last good checkpoint {last_good} is kept" if last_good else "no checkpoint yet"

@@ -60,11 +60,27 @@ class HeatmapTrainer(keras.Model):
             loss = loss + self.sigma_regularization * ops.sum(mask * squares[None, :]) / (2.0 * batch)
         for extra in self.losses:  # weight decay of the network's kernels
             loss = loss + ops.cast(extra, "float32")
-        return loss
+        return _share_of_replicas(loss)
 
     def sigmas(self):
         """The current sigmas as a NumPy array, (N,) or (N, dim), heatmap voxels."""
         return ops.convert_to_numpy(self.targets.sigma)
+
+
+def _share_of_replicas(loss):
+    """The loss divided by the number of `tf.distribute` replicas (TensorFlow backend; 1 elsewhere).
+
+    Under a strategy each replica computes the loss of its part of the batch (a mean over that part) and the
+    replicas' gradients are SUMMED, so 1/replicas makes the update that of the mean over the global batch.
+    Keras does this for compiled losses; `compute_loss` is ours, so here. JAX's DataParallel computes the
+    global loss itself and needs nothing.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return loss
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss if replicas == 1 else loss / float(replicas)
 
 
 def make_optimizer(name: str, learning_rate: float, momentum: float = 0.99, clip_norm: float | None = None,
