@@ -294,7 +294,7 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument("--iteration", type=int, metavar="N", help="with a run folder: use ckpt_N instead of "
                        "the newest checkpoint")
     parse.add_argument("--overlays", action="store_true", help="write overlays/<id>.png")
-    parse.add_argument("--heatmaps", action="store_true", help="write heatmaps/<id>.npy")
+    parse.add_argument("--heatmaps", action="store_true", help="write heatmaps/<id>.npy and .png")
     parse.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass (default: the "
                        "run's batch size)")
     parse.add_argument("--export-savedmodel", metavar="DIR", help="write the network as a TensorFlow "
