@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 import main
 import predict
@@ -107,12 +108,15 @@ def test_a_broken_file_is_named_the_others_are_predicted_and_the_exit_status_is_
     for name in ("hand_0000.mha", "hand_0001.mha"):
         shutil.copy(data / "images" / name, inputs / name)
     (inputs / "broken.mha").write_text("not an image")
+    sitk.WriteImage(sitk.Image([40, 30], sitk.sitkVectorUInt8, 3), str(inputs / "colour.png"))  # RGB
     done = subprocess.run([sys.executable, "predict.py", str(run / "export"), str(inputs), "--output",
                            str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
     assert "broken.mha" in done.stderr
+    assert "colour.png" in done.stderr and "a single-channel (grey-value) image is needed" in done.stderr
     assert sorted(_landmarks(tmp_path / "out" / "landmarks.csv")) == ["hand_0000", "hand_0001"]
-    assert list(json.loads((tmp_path / "out" / "landmarks.json").read_text())["failed"]) == ["broken"]
+    failed = json.loads((tmp_path / "out" / "landmarks.json").read_text())["failed"]
+    assert sorted(failed) == ["broken", "colour"]
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,12 @@ import SimpleITK as sitk
 
 from utils.io.image import read_image_header
 from utils.transforms.geometry import Geometry
-from utils.transforms.intensity import IntensityAugmentation, normalize_robust, rescale_intensity, robust_range
+from utils.transforms.intensity import (
+    IntensityAugmentation,
+    normalize_robust,
+    rescale_intensity,
+    robust_range,
+)
 from utils.transforms.spatial import SampleTransform, SpatialAugmentation
 from utils.transforms.warp import WarpSource, block_average, block_average_factor, warp
 
@@ -62,7 +67,14 @@ def prepare_source(image: sitk.Image, spatial: SpatialAugmentation, output: Geom
 
     Returns:
         The prepared `SourceImage`.
+
+    Raises:
+        ValueError: The image has several values per pixel (RGB, vectors): a single-channel one is needed,
+            as `utils.data.validate` checks for a dataset.
     """
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"the image has {image.GetNumberOfComponentsPerPixel()} values per pixel "
+                         f"({image.GetPixelIDTypeAsString()}); a single-channel (grey-value) image is needed")
     geometry = Geometry.from_image(image)
     array = sitk.GetArrayViewFromImage(image).astype(np.float32)
     factor = block_average_factor(spatial.sample(geometry, output, None))
