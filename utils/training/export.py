@@ -43,8 +43,13 @@ def write_export(folder: str | Path, network: keras.Model, info: Mapping[str, An
     folder = Path(folder)
     with atomic_path(folder / NETWORK_FILE) as temporary:
         network.save(temporary)
-    write_json_atomic(folder / INFO_FILE, {"format": EXPORT_FORMAT, **info})
+    _write_info(folder, info)
     return folder
+
+
+def _write_info(folder: Path, info: Mapping[str, Any]) -> None:
+    """``predict.json`` in `folder`: `info` stamped with the format version `read_info` checks."""
+    write_json_atomic(folder / INFO_FILE, {"format": EXPORT_FORMAT, **info})
 
 
 def read_info(folder: str | Path) -> dict[str, Any]:
@@ -84,7 +89,7 @@ def export_savedmodel(network: keras.Model, info: Mapping[str, Any], folder: str
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         network.export(str(staging / "model"), format="tf_saved_model", verbose=False)
-        write_json_atomic(staging / "model" / INFO_FILE, {"format": EXPORT_FORMAT, **info})
+        _write_info(staging / "model", info)
         (staging / "model").rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
