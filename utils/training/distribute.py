@@ -69,7 +69,6 @@ class Replicas:
         if mode not in DISTRIBUTE:
             raise ValueError(f"--distribute must be one of {', '.join(DISTRIBUTE)}, got {mode!r}")
         backend = keras.backend.backend()
-        self.mode, self.batch_size = mode, batch_size
         self.strategy = None  # tf.distribute strategy (TensorFlow)
         self._step, self._step_model = None, None  # the compiled step of the model trained last
         self.share = (0, 1)
