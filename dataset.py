@@ -196,8 +196,9 @@ class ValidationSample:
 
 class ImageSamples:
     """Picklable ``make_sample(index, rng)`` over image files, for the loader and for prediction; each process
-    holds its own image cache. ``validation=True`` returns {"image", "transform"} (landmarks may be NaN:
-    unknown), else the training arrays and the id. An image that fails is reported by id and path."""
+    holds its own image cache. ``validation=True`` returns {"image", "transform", "geometry" (of the source
+    image)} (landmarks may be NaN: unknown), else the training arrays and the id. An image that fails is
+    reported by id and path."""
 
     def __init__(self, ids: list[str], paths: list[Path], landmarks: np.ndarray, generator: SampleGenerator,
                  ignore_spacing: bool, cache_bytes: int, validation: bool):
@@ -218,12 +219,13 @@ class ImageSamples:
 
     def __call__(self, index: int, rng: np.random.Generator | None) -> dict:
         try:
-            arrays, transform = self.generator(self._source(index), self.landmarks[index], rng)
+            source = self._source(index)
+            arrays, transform = self.generator(source, self.landmarks[index], rng)
         except Exception as error:  # name the image: the loader only knows the sample's index
             path, image_id = self.paths[index], self.ids[index]
             raise DataError(f"image {image_id!r} ({path}): {error}", path=path, image_id=image_id) from error
         if self.validation:
-            return {"image": arrays["image"], "transform": transform}
+            return {"image": arrays["image"], "transform": transform, "geometry": source.geometry}
         return {**arrays, "id": self.ids[index]}
 
 

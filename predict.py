@@ -42,7 +42,6 @@ import numpy as np  # noqa: E402
 
 import main  # noqa: E402
 from dataset import DataSpec, ImageSamples, csv_units, sample_generator  # noqa: E402
-from utils.data.sample import read_geometry  # noqa: E402
 from utils.io.atomic import atomic_path, write_json_atomic  # noqa: E402
 from utils.io.errors import DataError  # noqa: E402
 from utils.io.landmarks import write_landmarks_csv  # noqa: E402
@@ -233,9 +232,8 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
                     clock = time.perf_counter()
                     points, peaks = decode_heatmaps(heatmap)
                     physical = to_original(points, sample["transform"], generator.heatmap_geometry)
-                    geometry = read_geometry(paths[index], spec.ignore_spacing)
-                    table[ids[index]] = landmarks = csv_units(spec, geometry, physical)
-                    mm_per_unit = _mm_per_unit(spec, physical, geometry)
+                    table[ids[index]] = landmarks = csv_units(spec, sample["geometry"], physical)
+                    mm_per_unit = _mm_per_unit(spec, physical, sample["geometry"])
                     result["images"][ids[index]] = {
                         "file": str(paths[index]),
                         "landmarks": [None if np.isnan(p).any() else p.tolist() for p in landmarks],
