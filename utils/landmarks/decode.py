@@ -5,7 +5,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["decode_heatmaps"]
+__all__ = ["decode_heatmaps", "refine_peaks"]
 
 
 def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,9 +45,25 @@ def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         flat = flat.astype(np.float32)
     peak = np.unravel_index(_channel_argmax(flat), spatial)  # per NumPy axis, each (N,)
     values = flat[np.ravel_multi_index(peak, spatial), channels].astype(np.float64)
+    return refine_peaks(heatmaps, peak, channels, values), values
 
+
+def refine_peaks(heatmaps: np.ndarray, peak: tuple[np.ndarray, ...], channels: np.ndarray, values: np.ndarray
+                 ) -> np.ndarray:
+    """Sub-voxel positions of peak voxels: a parabola per axis, as `decode_heatmaps` describes.
+
+    Args:
+        heatmaps: ([z,] y, x, N) array.
+        peak: the peak voxels' indices per NumPy axis, each (K,).
+        channels: (K,) channel of each peak.
+        values: (K,) heatmap values at the peaks.
+
+    Returns:
+        (K, dim) float64 positions in heatmap index coordinates, order (x, y[, z]).
+    """
+    values = np.asarray(values, dtype=np.float64)
     coordinates = []
-    for axis, size in enumerate(spatial):
+    for axis, size in enumerate(heatmaps.shape[:-1]):
         below = list(peak)
         above = list(peak)
         below[axis] = np.maximum(peak[axis] - 1, 0)
@@ -61,11 +77,10 @@ def decode_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         )
         curvature = lower - 2.0 * centre + upper  # <= 0 at a maximum
         interior = (peak[axis] > 0) & (peak[axis] < size - 1) & (curvature < 0)
-        offset = np.zeros(num)
+        offset = np.zeros(len(values))
         offset[interior] = 0.5 * (lower - upper)[interior] / curvature[interior]
         coordinates.append(peak[axis] + np.clip(offset, -0.5, 0.5))
-    points = np.stack(coordinates[::-1], axis=1)
-    return points, values
+    return np.stack(coordinates[::-1], axis=1).reshape(len(values), len(coordinates))
 
 
 @numba.njit(cache=True, nogil=True)
