@@ -20,6 +20,8 @@ run's own tests. Written into --output:
                          with the stated coverage) in mm and in the CSV's units; the files that failed
     overlays/<id>.png    with --overlays: predicted landmarks over the network input
     heatmaps/<id>.npy    with --heatmaps: the predicted heatmaps ([z,] y, x, N), float32, and <id>.png
+    markups/<id>.mrk.json  with --markups: the landmarks as a 3D Slicer point list in the image file's own
+                         physical (LPS) coordinates, to open in Slicer on top of the image
 
 A file that cannot be read or prepared is reported by name and skipped; the exit status is 1 if any failed.
 """
@@ -42,9 +44,11 @@ import numpy as np  # noqa: E402
 
 import main  # noqa: E402
 from dataset import DataSpec, ImageSamples, csv_units, sample_generator  # noqa: E402
+from utils.data.sample import read_geometry  # noqa: E402
 from utils.io.atomic import atomic_path, write_json_atomic  # noqa: E402
 from utils.io.errors import DataError  # noqa: E402
 from utils.io.landmarks import write_landmarks_csv  # noqa: E402
+from utils.io.markups import write_markups_json  # noqa: E402
 from utils.landmarks.decode import decode_heatmaps  # noqa: E402
 from utils.landmarks.plots import plot_heatmaps, plot_landmarks  # noqa: E402
 from utils.landmarks.statistics import reference_distance_scale  # noqa: E402
@@ -187,7 +191,7 @@ class _Progress:
 
 
 def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, overlays: bool = False,
-                  heatmaps: bool = False) -> dict:
+                  heatmaps: bool = False, markups: bool = False) -> dict:
     """Predicts the landmarks of every file and writes the outputs (module docstring) into `output`.
 
     Images are prepared and predicted ``batch_size`` at a time, so memory stays bounded whatever the number
@@ -253,6 +257,10 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
                         with atomic_path(output / "heatmaps" / f"{ids[index]}.npy") as temporary:
                             np.save(temporary, heatmap)
                         plot_heatmaps(output / "heatmaps" / f"{ids[index]}.png", heatmap)
+                    if markups:
+                        names = result["landmark_names"] or [f"landmark_{n}" for n in range(len(physical))]
+                        write_markups_json(output / "markups" / f"{ids[index]}.mrk.json", names,
+                                           _file_physical(spec, physical, sample["geometry"], paths[index]))
                     seconds["write"] += time.perf_counter() - clock
             progress.update(min(start + params.batch_size, len(ids)), len(result["failed"]))
     finally:
@@ -267,6 +275,14 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
 def _finite(values) -> list[float | None]:
     """Floats for JSON: NaN and infinity (a diverged network, an overflow) become None."""
     return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
+
+
+def _file_physical(spec: DataSpec, physical: np.ndarray, geometry, path: Path) -> np.ndarray:
+    """The points in the image file's own physical space: where the spec ignores the file's spacing, the
+    pipeline's physical space is not the file's, and Slicer shows the file with its real geometry."""
+    if not spec.ignore_spacing:
+        return physical
+    return read_geometry(path).index_to_physical(geometry.physical_to_index(physical))
 
 
 def _mm_per_unit(spec: DataSpec, physical: np.ndarray, geometry) -> float:
@@ -293,6 +309,8 @@ def parser() -> argparse.ArgumentParser:
                        "the newest checkpoint")
     parse.add_argument("--overlays", action="store_true", help="write overlays/<id>.png")
     parse.add_argument("--heatmaps", action="store_true", help="write heatmaps/<id>.npy and .png")
+    parse.add_argument("--markups", action="store_true", help="write markups/<id>.mrk.json: a 3D Slicer "
+                       "point list in the image file's physical coordinates")
     parse.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass (default: the "
                        "run's batch size)")
     parse.add_argument("--export-savedmodel", metavar="DIR", help="write the network as a TensorFlow "
@@ -332,7 +350,7 @@ def main_cli(argv: Sequence[str] | None = None) -> dict | None:
     if not args.inputs:
         return None
     output = Path(args.output)
-    result = predict_files(model, files, output, args.overlays, args.heatmaps)
+    result = predict_files(model, files, output, args.overlays, args.heatmaps, args.markups)
     done, failed = len(result["images"]), len(result["failed"])
     total = sum(result["seconds"].values())
     timing = ", ".join(f"{name} {value:.1f} s" for name, value in result["seconds"].items())

@@ -15,8 +15,10 @@ import SimpleITK as sitk
 
 import main
 import predict
+from utils.data.sample import read_geometry
 from utils.io.id_list import read_id_list
 from utils.io.landmarks import read_landmarks_csv
+from utils.io.markups import read_markups
 from utils.synthetic import generate_hand_dataset, generate_volume_dataset
 from utils.training.export import INFO_FILE, NETWORK_FILE
 
@@ -50,7 +52,8 @@ def test_predict_reproduces_the_runs_test_predictions(trained, tmp_path):
     data, run = trained
     test_ids = read_id_list(data / "setup" / "cv" / "set1" / "test.txt")
     files = [str(data / "images" / f"{image_id}.mha") for image_id in test_ids]
-    result = predict.main_cli([str(run), *files, "--output", str(tmp_path), "--overlays", "--heatmaps"])
+    result = predict.main_cli([str(run), *files, "--output", str(tmp_path), "--overlays", "--heatmaps",
+                               "--markups"])
     tested = _landmarks(run / "iter_4" / "prediction.csv")
     assert _max_difference(_landmarks(tmp_path / "landmarks.csv"), tested) < 1e-3
     assert result["failed"] == {} and result["units"] == "pixel" and result["iteration"] == 4
@@ -62,6 +65,13 @@ def test_predict_reproduces_the_runs_test_predictions(trained, tmp_path):
     assert json.loads((tmp_path / "landmarks.json").read_text())["images"][test_ids[0]] == first
     assert (tmp_path / "overlays" / f"{test_ids[0]}.png").stat().st_size > 0
     assert np.load(tmp_path / "heatmaps" / f"{test_ids[0]}.npy").shape == (64, 64, NUM_LANDMARKS)
+    # the Slicer point list: the pixel landmarks in the file's own geometry (hand_xray ignores its spacing)
+    point_list = read_markups(tmp_path / "markups" / f"{test_ids[0]}.mrk.json")
+    assert point_list.labels == tuple(result["landmark_names"])
+    geometry = read_geometry(files[0])
+    assert not np.allclose(geometry.spacing, 1.0)
+    np.testing.assert_allclose(point_list.points[:, :2], geometry.index_to_physical(points), atol=1e-9)
+    assert (point_list.points[:, 2] == 0).all()
 
 
 def test_every_export_gives_the_checkpoints_landmarks(trained, tmp_path):
@@ -150,8 +160,11 @@ def test_predict_reproduces_a_3d_runs_test_predictions_in_physical_units(tmp_pat
     (run,) = (output / "scn_cv1").iterdir()
     test_ids = read_id_list(data / "setup" / "cv" / "set1" / "test.txt")
     files = [str(data / "images" / f"{image_id}.mha") for image_id in test_ids]
-    result = predict.main_cli([str(run / "export"), *files, "--output", str(tmp_path / "out"), "--overlays"])
+    result = predict.main_cli([str(run / "export"), *files, "--output", str(tmp_path / "out"), "--overlays",
+                               "--markups"])
     assert result["units"] == "physical"
     predicted = read_landmarks_csv(tmp_path / "out" / "landmarks.csv", 10, 3)
     assert _max_difference(predicted, read_landmarks_csv(run / "iter_2" / "prediction.csv", 10, 3)) < 1e-3
     assert (tmp_path / "out" / "overlays" / f"{test_ids[0]}.png").stat().st_size > 0
+    point_list = read_markups(tmp_path / "out" / "markups" / f"{test_ids[0]}.mrk.json")  # physical: as is
+    np.testing.assert_allclose(point_list.points, predicted[test_ids[0]], atol=1e-6)
