@@ -20,6 +20,8 @@ run's own tests. Written into --output:
                          with the stated coverage) in mm and in the CSV's units; the files that failed
     overlays/<id>.png    with --overlays: predicted landmarks over the network input
     heatmaps/<id>.npy    with --heatmaps: the predicted heatmaps ([z,] y, x, N), float32, and <id>.png
+    landmarks.json       with --candidates: per landmark also every local maximum of its heatmap of at
+                         least half its peak, 2 heatmap pixels apart, strongest first: [x, y[, z], value]
     markups/<id>.mrk.json  with --markups: the landmarks as a 3D Slicer point list in the image file's own
                          physical (LPS) coordinates, to open in Slicer on top of the image
 
@@ -50,6 +52,7 @@ from utils.io.errors import DataError  # noqa: E402
 from utils.io.landmarks import write_landmarks_csv  # noqa: E402
 from utils.io.markups import write_markups_json  # noqa: E402
 from utils.landmarks.decode import decode_heatmaps  # noqa: E402
+from utils.landmarks.maxima import local_maxima  # noqa: E402
 from utils.landmarks.plots import plot_heatmaps, plot_landmarks  # noqa: E402
 from utils.landmarks.statistics import reference_distance_scale  # noqa: E402
 from utils.training.checkpoint import checkpoint_path, latest_checkpoint, load_weights  # noqa: E402
@@ -191,7 +194,7 @@ class _Progress:
 
 
 def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, overlays: bool = False,
-                  heatmaps: bool = False, markups: bool = False) -> dict:
+                  heatmaps: bool = False, markups: bool = False, candidates: bool = False) -> dict:
     """Predicts the landmarks of every file and writes the outputs (module docstring) into `output`.
 
     Images are prepared and predicted ``batch_size`` at a time, so memory stays bounded whatever the number
@@ -247,6 +250,10 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
                         "radius": None if radii is None else _finite(
                             [np.nan if r is None else r / mm_per_unit for r in radii]),
                     }
+                    if candidates:
+                        result["images"][ids[index]]["candidates"] = [
+                            _candidates(heatmap[..., n], spec, sample, generator.heatmap_geometry)
+                            for n in range(heatmap.shape[-1])]
                     seconds["decode"] += time.perf_counter() - clock
                     clock = time.perf_counter()
                     if overlays:
@@ -275,6 +282,17 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
 def _finite(values) -> list[float | None]:
     """Floats for JSON: NaN and infinity (a diverged network, an overflow) become None."""
     return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
+
+
+def _candidates(heatmap: np.ndarray, spec: DataSpec, sample: dict, heatmap_geometry) -> list[list[float]]:
+    """The local maxima of one heatmap (at least half its peak, 2 pixels apart) in the CSV's units, each
+    followed by its value: where else the network answered, e.g. on a neighbouring finger or vertebra."""
+    points, values = local_maxima(np.nan_to_num(heatmap, nan=0.0), min_relative=0.5, min_distance=2.0)
+    if not len(points):
+        return []
+    physical = to_original(points, sample["transform"], heatmap_geometry)
+    units = csv_units(spec, sample["geometry"], physical)
+    return [[*map(float, point), float(value)] for point, value in zip(units, values, strict=True)]
 
 
 def _file_physical(spec: DataSpec, physical: np.ndarray, geometry, path: Path) -> np.ndarray:
@@ -309,6 +327,8 @@ def parser() -> argparse.ArgumentParser:
                        "the newest checkpoint")
     parse.add_argument("--overlays", action="store_true", help="write overlays/<id>.png")
     parse.add_argument("--heatmaps", action="store_true", help="write heatmaps/<id>.npy and .png")
+    parse.add_argument("--candidates", action="store_true", help="also list every local maximum of each "
+                       "heatmap of at least half its peak in landmarks.json")
     parse.add_argument("--markups", action="store_true", help="write markups/<id>.mrk.json: a 3D Slicer "
                        "point list in the image file's physical coordinates")
     parse.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass (default: the "
@@ -350,7 +370,7 @@ def main_cli(argv: Sequence[str] | None = None) -> dict | None:
     if not args.inputs:
         return None
     output = Path(args.output)
-    result = predict_files(model, files, output, args.overlays, args.heatmaps, args.markups)
+    result = predict_files(model, files, output, args.overlays, args.heatmaps, args.markups, args.candidates)
     done, failed = len(result["images"]), len(result["failed"])
     total = sum(result["seconds"].values())
     timing = ", ".join(f"{name} {value:.1f} s" for name, value in result["seconds"].items())

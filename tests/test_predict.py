@@ -53,7 +53,7 @@ def test_predict_reproduces_the_runs_test_predictions(trained, tmp_path):
     test_ids = read_id_list(data / "setup" / "cv" / "set1" / "test.txt")
     files = [str(data / "images" / f"{image_id}.mha") for image_id in test_ids]
     result = predict.main_cli([str(run), *files, "--output", str(tmp_path), "--overlays", "--heatmaps",
-                               "--markups"])
+                               "--markups", "--candidates"])
     tested = _landmarks(run / "iter_4" / "prediction.csv")
     assert _max_difference(_landmarks(tmp_path / "landmarks.csv"), tested) < 1e-3
     assert result["failed"] == {} and result["units"] == "pixel" and result["iteration"] == 4
@@ -72,6 +72,11 @@ def test_predict_reproduces_the_runs_test_predictions(trained, tmp_path):
     assert not np.allclose(geometry.spacing, 1.0)
     np.testing.assert_allclose(point_list.points[:, :2], geometry.index_to_physical(points), atol=1e-9)
     assert (point_list.points[:, 2] == 0).all()
+    # every landmark's candidates start with its decoded maximum (same point, same peak value)
+    for landmark, candidates in enumerate(first["candidates"]):
+        peak = first["peak"][landmark]
+        assert candidates[:1] == ([] if peak <= 0 else [pytest.approx([*points[landmark], peak], abs=1e-6)])
+        assert all(c[-1] >= 0.5 * peak for c in candidates)
 
 
 def test_every_export_gives_the_checkpoints_landmarks(trained, tmp_path):
