@@ -57,7 +57,13 @@ from utils.landmarks.plots import plot_heatmaps, plot_landmarks  # noqa: E402
 from utils.landmarks.statistics import reference_distance_scale  # noqa: E402
 from utils.training.checkpoint import checkpoint_path, latest_checkpoint, load_weights  # noqa: E402
 from utils.training.evaluation import to_original  # noqa: E402
-from utils.training.export import INFO_FILE, NETWORK_FILE, export_savedmodel, read_info  # noqa: E402
+from utils.training.export import (  # noqa: E402
+    INFO_FILE,
+    NETWORK_FILE,
+    check_network,
+    export_savedmodel,
+    read_info,
+)
 from utils.training.output import config_from_dict, read_config  # noqa: E402
 
 __all__ = ["LoadedModel", "input_files", "load_model", "main_cli", "predict_files"]
@@ -114,6 +120,7 @@ def load_model(path: str | Path, iteration: int | None = None) -> LoadedModel:
         return LoadedModel(params, lambda images: loaded.serve(images), info, f"SavedModel {path}")
     if network_file.is_file():
         info = read_info(folder)
+        check_network(network_file, info)
         params = config_from_dict(main.Parameters, info["parameters"], where=str(folder / INFO_FILE))
         network = keras.saving.load_model(network_file)
         return LoadedModel(params, network.predict_on_batch, info,

@@ -99,6 +99,18 @@ def test_every_export_gives_the_checkpoints_landmarks(trained, tmp_path):
         assert _max_difference(_landmarks(tmp_path / name / "landmarks.csv"), reference) < 1e-4, name
 
 
+def test_an_export_whose_two_files_do_not_belong_together_is_refused(trained, tmp_path, capsys):
+    """A crash between writing network.keras and predict.json leaves a new network beside the old JSON."""
+    data, run = trained
+    export = tmp_path / "export"
+    shutil.copytree(run / "export", export)
+    (export / NETWORK_FILE).write_bytes((export / NETWORK_FILE).read_bytes() + b"\0")
+    with pytest.raises(SystemExit):
+        predict.main_cli([str(export), str(data / "images"), "--output", str(tmp_path / "out")])
+    assert "is not the network predict.json beside it was written for" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_holds_what_predict_needs_and_opens_with_only_the_projects_layers(trained):
     _, run = trained
     info = json.loads((run / "export" / INFO_FILE).read_text())

@@ -10,11 +10,15 @@ Every run writes ``<run>/export/`` at its end (`write_export`):
   (`utils.landmarks.conformal`).
 
 `export_savedmodel` adds a TensorFlow SavedModel (serving signature ``serve``) with the same
-``predict.json`` beside it. Both are written atomically: an interrupted export leaves no half file.
+``predict.json`` beside it. Both are written atomically: an interrupted export leaves no half file. The
+pair is written network first, and ``predict.json`` records the network file's SHA-256, so a crash between
+the two writes (a new network beside the previous ``predict.json``) is caught by `check_network` instead of
+pairing weights with the wrong calibration.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -27,7 +31,8 @@ import keras
 from utils.io.atomic import atomic_path, write_json_atomic
 from utils.io.errors import DataError
 
-__all__ = ["EXPORT_FORMAT", "INFO_FILE", "NETWORK_FILE", "export_savedmodel", "read_info", "write_export"]
+__all__ = ["EXPORT_FORMAT", "INFO_FILE", "NETWORK_FILE", "check_network", "export_savedmodel", "read_info",
+           "write_export"]
 
 NETWORK_FILE = "network.keras"
 INFO_FILE = "predict.json"
@@ -43,8 +48,26 @@ def write_export(folder: str | Path, network: keras.Model, info: Mapping[str, An
     folder = Path(folder)
     with atomic_path(folder / NETWORK_FILE) as temporary:
         network.save(temporary)
-    _write_info(folder, info)
+    _write_info(folder, {**info, "network_sha256": _sha256(folder / NETWORK_FILE)})
     return folder
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_network(network_file: str | Path, info: Mapping[str, Any]) -> None:
+    """Raises DataError when `network_file` is not the network its ``predict.json`` (`info`) was written
+    with: an export interrupted between its two files, or a network copied in from elsewhere."""
+    expected = info.get("network_sha256")
+    if expected is not None and _sha256(Path(network_file)) != expected:
+        raise DataError(f"{network_file} is not the network {INFO_FILE} beside it was written for (an export "
+                        "interrupted between its two files?): export again, or predict from the run folder",
+                        path=network_file)
 
 
 def _write_info(folder: Path, info: Mapping[str, Any]) -> None:
