@@ -8,6 +8,7 @@ Layout (GUIDE section 3)::
             config.json                    the resolved parameters of the run
             environment.json               versions of Python, Keras and its backend, NumPy, ... (see
                                            `software_environment`)
+            environment_resumed_<time>.json  the same, for each --resume (it may run elsewhere)
             main.py dataset.py network.py  copies of the scripts that ran
             checkpoints/                   see utils.training.checkpoint
             logs/                          TensorBoard event files
@@ -138,12 +139,14 @@ class RunFolder:
 
     @classmethod
     def open(cls, root: str | Path) -> RunFolder:
-        """An existing run folder (for ``--resume``); raises FileNotFoundError when it has no config.json."""
+        """An existing run folder, for ``--resume``: records this session's software versions in
+        ``environment_resumed_<timestamp>.json``. Raises FileNotFoundError when it has no config.json."""
         run = cls(Path(root))
         if not run.config.is_file():
             raise FileNotFoundError(f"not a run folder (no config.json): {run.root}")
         run.checkpoints.mkdir(exist_ok=True)
         run.logs.mkdir(exist_ok=True)
+        write_json_atomic(run.root / f"environment_resumed_{timestamp()}.json", software_environment())
         return run
 
     @property
