@@ -61,6 +61,16 @@ def test_warp_3d_equals_simpleitk(deform):
     np.testing.assert_allclose(result, expected, atol=2e-5)
 
 
+def test_warp_source_of_a_transposed_array_warps_like_its_copy():
+    """np.pad keeps a Fortran-ordered input's order; the compiled kernel needs C order."""
+    rng = np.random.default_rng(4)
+    geometry = Geometry.grid((9, 8, 7))
+    array = rng.random((9, 8, 7), dtype=np.float32).T  # shape (7, 8, 9), Fortran order
+    transform = _chain(3, False).sample(geometry, Geometry.grid((6, 5, 4)), rng)
+    expected = warp(WarpSource.from_array(np.ascontiguousarray(array), geometry), transform)
+    np.testing.assert_array_equal(warp(WarpSource.from_array(array, geometry), transform), expected)
+
+
 def test_warp_source_pads_with_border_then_default():
     geometry = Geometry.grid((3, 2))
     array = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int16)

@@ -95,7 +95,9 @@ class WarpSource:
             raise ValueError(f"WarpSource: array shape {array.shape} does not match its {geometry.dim}-D "
                              f"geometry {geometry.shape}")
         edged = np.pad(np.asarray(array, dtype=np.float32), 1, mode="edge")
-        return cls(np.pad(edged, 1, constant_values=np.float32(default_value)), geometry)
+        # C order: the compiled kernel indexes the flattened array (np.pad keeps a transposed input's order)
+        padded = np.pad(edged, 1, constant_values=np.float32(default_value))
+        return cls(np.ascontiguousarray(padded), geometry)
 
     @property
     def array(self) -> np.ndarray:
