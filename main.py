@@ -470,16 +470,21 @@ def run_name(network: str, fold: str) -> str:
     return f"{network}_full" if fold == "none" else f"{network}_cv{fold}"
 
 
+def network_options(params: Parameters) -> dict:
+    """Builder options of the run's network besides size, landmarks, filters and weight decay."""
+    if params.networks[0] != "scn_mia":
+        return {}
+    return {"dropout_rate": params.dropout, "downsampling_factor": params.spatial_downsampling,
+            "heatmap_init_stddev": params.heatmap_init}
+
+
 def build_model(params: Parameters) -> HeatmapTrainer:
     """The run's model, uncompiled: its network (under the run's precision policy) and the targets drawn on
     the network's output grid."""
     keras.mixed_precision.set_global_policy(params.precision)
-    options = {}
-    if params.networks[0] == "scn_mia":
-        options = {"dropout_rate": params.dropout, "downsampling_factor": params.spatial_downsampling,
-                   "heatmap_init_stddev": params.heatmap_init}
     network = build_network(params.networks[0], (*reversed(params.image_size), 1), params.num_landmarks,
-                            num_filters=params.num_filters, weight_decay=params.weight_decay, **options)
+                            num_filters=params.num_filters, weight_decay=params.weight_decay,
+                            **network_options(params))
     heatmap_shape = tuple(network.output.shape[1:-1])  # ([z,] y, x): the one source of the heatmap grid
     targets = GaussianTargets(params.num_landmarks, heatmap_shape, params.sigma,
                               learn_sigma=params.learn_sigma, anisotropic=params.anisotropic_sigma,
@@ -639,8 +644,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 per_network = resolve(preset, args, network)
                 for fold in folds(experiment.cv):
                     runs.append((dataclasses.replace(per_network, cv=fold), None))
-            for network, size in {(p.networks[0], p.image_size) for p, _ in runs}:  # sizes the networks take
-                build_network(network, (*reversed(size), 1), experiment.num_landmarks, num_filters=1)
+            # the sizes and options the networks take
+            for network, size, options in {(p.networks[0], p.image_size, tuple(network_options(p).items()))
+                                           for p, _ in runs}:
+                build_network(network, (*reversed(size), 1), experiment.num_landmarks, num_filters=1,
+                              **dict(options))
             optimizer(experiment)
         if not check_only:
             prepare_dataset(experiment)
@@ -662,6 +670,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             run = RunFolder.create(params.output, name, config_to_dict(params), scripts=SCRIPTS)
         else:
             write_json_atomic(run.config, config_to_dict(params))  # the resumed run's (possibly new) settings
+            run.record_resume()
         print(f"=== {name}: {run.root}")
         evaluation, baseline = train_and_test(params, run, replicas, resume=bool(resume))
         results.setdefault(params.networks[0], {})[name] = evaluation

@@ -160,6 +160,16 @@ def test_cpu_preset_sizes_scn_mia_for_its_128_pixel_input():
         resolve("cpu", {"heatmap_init": -1.0}, "scn_mia")
 
 
+def test_scn_mia_input_sizes_are_checked_with_its_own_factor(tmp_path, capsys):
+    """--spatial-downsampling 12 needs sizes divisible by lcm(8, 12) = 24: refused before anything is
+    written (the check used to build the network with its default factor)."""
+    with pytest.raises(SystemExit):
+        main.main(["--network", "scn_mia", "--spatial-downsampling", "12", "--output", str(tmp_path / "out"),
+                   "--dataset", str(tmp_path)])
+    assert "must be divisible by 24 for this network" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_bad_schedule_is_an_error_before_anything_is_written(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main.main(["--lr-boundaries", "5", "--output", str(tmp_path / "out"), "--dataset", str(tmp_path)])

@@ -80,6 +80,8 @@ def test_run_folder_contract(tmp_path):
     again = RunFolder.create(tmp_path / "out", "scn_cv1", config, stamp="2024-01-01_00-00-00")
     assert again.root.name == "2024-01-01_00-00-00_2"
     assert RunFolder.open(run.root) == run
+    assert not list(run.root.glob("environment_resumed_*.json"))  # opening writes nothing (--check)
+    RunFolder.open(run.root).record_resume()
     (resumed,) = run.root.glob("environment_resumed_*.json")  # a resume may run on other software
     assert json.loads(resumed.read_text()) == json.loads(run.environment.read_text())
 

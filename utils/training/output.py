@@ -139,15 +139,18 @@ class RunFolder:
 
     @classmethod
     def open(cls, root: str | Path) -> RunFolder:
-        """An existing run folder, for ``--resume``: records this session's software versions in
-        ``environment_resumed_<timestamp>.json``. Raises FileNotFoundError when it has no config.json."""
+        """An existing run folder (for ``--resume``); raises FileNotFoundError when it has no config.json."""
         run = cls(Path(root))
         if not run.config.is_file():
             raise FileNotFoundError(f"not a run folder (no config.json): {run.root}")
         run.checkpoints.mkdir(exist_ok=True)
         run.logs.mkdir(exist_ok=True)
-        write_json_atomic(run.root / f"environment_resumed_{timestamp()}.json", software_environment())
         return run
+
+    def record_resume(self) -> None:
+        """Writes this session's software versions to ``environment_resumed_<timestamp>.json``: a resumed
+        run may continue on another machine or after an upgrade."""
+        write_json_atomic(self.root / f"environment_resumed_{timestamp()}.json", software_environment())
 
     @property
     def config(self) -> Path:
