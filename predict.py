@@ -65,6 +65,7 @@ from utils.training.export import (  # noqa: E402
     read_info,
 )
 from utils.training.output import config_from_dict, read_config  # noqa: E402
+from utils.transforms.geometry import Geometry  # noqa: E402
 
 __all__ = ["LoadedModel", "input_files", "load_model", "main_cli", "predict_files"]
 
@@ -232,7 +233,11 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
             prepared = []
             for index in range(start, min(start + params.batch_size, len(ids))):
                 try:
-                    prepared.append((index, samples(index, None)))
+                    sample = samples(index, None)
+                    if markups:  # the file's own geometry, read here so that a failure names the file
+                        sample = {**sample, "file_geometry": read_geometry(paths[index])
+                                  if spec.ignore_spacing else sample["geometry"]}
+                    prepared.append((index, sample))
                 except (DataError, OSError, ValueError, RuntimeError) as error:
                     result["failed"][ids[index]] = {"file": str(paths[index]), "error": str(error)}
                     print(f"failed: {paths[index]}: {error}", file=sys.stderr, flush=True)
@@ -273,8 +278,9 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
                         plot_heatmaps(output / "heatmaps" / f"{ids[index]}.png", heatmap)
                     if markups:
                         names = result["landmark_names"] or [f"landmark_{n}" for n in range(len(physical))]
-                        write_markups_json(output / "markups" / f"{ids[index]}.mrk.json", names,
-                                           _file_physical(spec, physical, sample["geometry"], paths[index]))
+                        file_points = sample["file_geometry"].index_to_physical(
+                            sample["geometry"].physical_to_index(physical))
+                        write_markups_json(output / "markups" / f"{ids[index]}.mrk.json", names, file_points)
                     seconds["write"] += time.perf_counter() - clock
             progress.update(min(start + params.batch_size, len(ids)), len(result["failed"]))
     finally:
@@ -291,7 +297,8 @@ def _finite(values) -> list[float | None]:
     return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
 
 
-def _candidates(heatmap: np.ndarray, spec: DataSpec, sample: dict, heatmap_geometry) -> list[list[float]]:
+def _candidates(heatmap: np.ndarray, spec: DataSpec, sample: dict, heatmap_geometry: Geometry
+                ) -> list[list[float]]:
     """The local maxima of one heatmap (at least half its peak, 2 pixels apart) in the CSV's units, each
     followed by its value: where else the network answered, e.g. on a neighbouring finger or vertebra."""
     points, values = local_maxima(np.nan_to_num(heatmap, nan=0.0), min_relative=0.5, min_distance=2.0)
@@ -300,14 +307,6 @@ def _candidates(heatmap: np.ndarray, spec: DataSpec, sample: dict, heatmap_geome
     physical = to_original(points, sample["transform"], heatmap_geometry)
     units = csv_units(spec, sample["geometry"], physical)
     return [[*map(float, point), float(value)] for point, value in zip(units, values, strict=True)]
-
-
-def _file_physical(spec: DataSpec, physical: np.ndarray, geometry, path: Path) -> np.ndarray:
-    """The points in the image file's own physical space: where the spec ignores the file's spacing, the
-    pipeline's physical space is not the file's, and Slicer shows the file with its real geometry."""
-    if not spec.ignore_spacing:
-        return physical
-    return read_geometry(path).index_to_physical(geometry.physical_to_index(physical))
 
 
 def _mm_per_unit(spec: DataSpec, physical: np.ndarray, geometry) -> float:

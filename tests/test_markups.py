@@ -30,6 +30,7 @@ FCSV = """# Markups fiducial file version = 4.13
 1,-7.3939,-76.94990495817181,17.552540297898375,0,0,0,1,1,1,0,F-2,,
 2,81.73332450520303,-42.9415,9.625586614976527,0,0,0,1,1,1,0,"F-3, tip",,,2,0
 """
+NOT_PLACED = "3,0,0,0,0,0,0,1,1,1,0,F-4,,,3,0\n"  # Slicer 5: status 3 (missing), stored at the origin
 FCSV_POINTS = np.array([[-19.906699999999987, 13.9347, 29.442970822281154],
                         [-7.3939, -76.94990495817181, 17.552540297898375],
                         [81.73332450520303, -42.9415, 9.625586614976527]])
@@ -61,6 +62,18 @@ def test_fcsv_reads_into_lps(tmp_path, system, factor):
     np.testing.assert_array_equal(point_list.points, FCSV_POINTS * factor)
 
 
+def test_an_fcsv_point_with_a_status_other_than_defined_is_missing(tmp_path):
+    path = tmp_path / "c.fcsv"
+    path.write_text(FCSV % "LPS" + NOT_PLACED)
+    point_list = read_markups(path)
+    assert point_list.labels[3] == "F-4" and np.isnan(point_list.points[3]).all()
+    np.testing.assert_array_equal(point_list.points[:3], FCSV_POINTS)
+
+
+def test_the_image_id_is_the_name_up_to_the_first_dot_as_for_images():
+    assert markups_id("dir/case.1.mrk.json") == "case" and markups_id("P01.fcsv") == "P01"
+
+
 def test_written_predictions_read_back_with_their_labels_and_gaps(tmp_path):
     path = tmp_path / "pred" / "img.mrk.json"
     path.parent.mkdir()
@@ -81,6 +94,8 @@ def test_bad_files_name_the_file_and_the_field(tmp_path):
         "system.mrk.json": ('{"markups": [{"type": "Fiducial", "coordinateSystem": "XYZ"}]}', "'XYZ'"),
         "position.mrk.json": ('{"markups": [{"type": "Fiducial", "controlPoints": [{"label": "A", '
                               '"position": [1, 2]}]}]}', r"control point 1 \('A'\)"),
+        "units.mrk.json": ('{"markups": [{"type": "Fiducial", "coordinateUnits": "um"}]}', "only 'mm'"),
+        "null.mrk.json": ('{"markups": [{"type": "Fiducial", "controlPoints": null}]}', "must be a list"),
         "text.fcsv": ("# columns = id,x,y,z,label\n0,1,two,3,A\n", "line 2: x, y and z must be numbers"),
         "system.fcsv": ("# CoordinateSystem = IJK\n", "line 1: CoordinateSystem 'IJK'"),
     }
@@ -108,6 +123,18 @@ def test_command_line_converts_a_folder_to_the_landmark_csv(tmp_path, capsys):
     np.testing.assert_allclose(table["a"][[0, 1, 3]], (POINTS * RAS)[[2, 0, 1], :2])
     assert np.isnan(table["a"][2]).all()
     assert "wrote 1 images x 4 landmarks" in capsys.readouterr().out
+
+
+def test_command_line_refuses_a_label_used_twice(tmp_path, capsys):
+    twice = MRK_JSON.replace('"label": "F-3"', '"label": "F-1"') % ("LPS", "defined")
+    (tmp_path / "a.mrk.json").write_text(twice)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "a.mrk.json"), "--output", str(tmp_path / "x.csv"), "--labels", "F-1", "F-2"])
+    assert "a.mrk.json: label 'F-1' names more than one point" in str(exit_info.value.code)
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "a.mrk.json"), "--output", str(tmp_path / "x.csv"), "--labels", "F-1", "F-1"])
+    assert "--labels names a label twice" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
 
 
 @pytest.mark.parametrize("arguments, message", [

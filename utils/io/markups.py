@@ -4,10 +4,12 @@ Two formats, both as Slicer documents them (slicer.readthedocs.io, developer gui
 
 - ``.mrk.json`` (Slicer's current format): ``{"markups": [{"type": "Fiducial", "coordinateSystem": "LPS",
   "controlPoints": [{"label": ..., "position": [x, y, z], "positionStatus": "defined"}, ...]}]}``. The
-  coordinate system is "LPS" when absent (the schema's default). A point whose status is not "defined"
-  (e.g. "missing": skipped while annotating) is missing.
+  coordinate system is "LPS" when absent (the schema's default); units must be mm. A point whose status is
+  not "defined" (e.g. "missing": skipped while annotating) is missing.
 - ``.fcsv`` (legacy): comment lines ``# CoordinateSystem = LPS`` (or ``RAS``; ``0`` = RAS and ``1`` = LPS in
   older files, RAS when absent) and ``# columns = id,x,y,z,...,label,...``, then one CSV row per point.
+  Slicer 5 appends two columns the header does not name; the first is the point's status (2 = defined;
+  0 undefined, 1 preview, 3 missing: missing here).
 
 SimpleITK's physical space is LPS; a RAS point is converted by negating x and y. Converting a folder of
 point lists to the project's ``setup/all.csv`` (physical units, for the ``physical`` data spec):
@@ -35,6 +37,7 @@ from utils.io.landmarks import write_landmarks_csv
 
 __all__ = ["PointList", "markups_id", "read_markups", "write_markups_json"]
 
+# "missing", which Slicer writes and reads for a skipped point, is not in this schema version's enum
 SCHEMA = "https://raw.githubusercontent.com/Slicer/Slicer/main/Modules/Loadable/Markups/Resources/Schema/" \
          "markups-schema-v1.0.3.json#"
 SUFFIXES = (".mrk.json", ".fcsv")
@@ -57,13 +60,12 @@ class PointList:
 
 
 def markups_id(path: str | os.PathLike) -> str:
-    """The image id of a point list file: its name without ``.mrk.json`` or ``.fcsv``."""
+    """The image id of a point list file: as for images, its name up to the first dot."""
     name = Path(path).name
-    suffix = next((s for s in SUFFIXES if name.lower().endswith(s)), None)
-    if suffix is None:
+    if not name.lower().endswith(SUFFIXES):
         raise ValueError(f"{path}: not a Slicer point list (expected a name ending in "
                          f"{' or '.join(SUFFIXES)})")
-    return name[: -len(suffix)]
+    return name.split(".", 1)[0]
 
 
 def read_markups(path: str | os.PathLike) -> PointList:
@@ -100,8 +102,14 @@ def _parse_json(text: str, path: Path) -> tuple[list[str], np.ndarray, str]:
     system = markup.get("coordinateSystem", "LPS")
     if system not in ("LPS", "RAS"):
         raise DataError(f"{path}: coordinateSystem {system!r} is neither 'LPS' nor 'RAS'", path=path)
+    units = markup.get("coordinateUnits", "mm")
+    if units != "mm":
+        raise DataError(f"{path}: coordinateUnits {units!r}: only 'mm' is read", path=path)
+    control_points = markup.get("controlPoints", [])
+    if not isinstance(control_points, list):
+        raise DataError(f"{path}: controlPoints must be a list, got {control_points!r}", path=path)
     labels, points = [], []
-    for number, point in enumerate(markup.get("controlPoints", []), start=1):
+    for number, point in enumerate(control_points, start=1):
         if not isinstance(point, dict):
             raise DataError(f"{path}: control point {number} is not an object, got {point!r}", path=path)
         label = str(point.get("label", f"point {number}"))
@@ -142,12 +150,14 @@ def _parse_fcsv(text: str, path: Path) -> tuple[list[str], np.ndarray, str]:
     labels, points = [], []
     for number, line in body:
         row = next(csv.reader(io.StringIO(line)))
-        fields = dict(zip(columns, row, strict=False))  # Slicer 5 appends two unnamed status columns
+        fields = dict(zip(columns, row, strict=False))
+        status = row[len(columns)].strip() if len(row) > len(columns) else "2"  # Slicer 5's status column
         try:
-            points.append([float(fields[c]) for c in ("x", "y", "z")])
+            point = [float(fields[c]) for c in ("x", "y", "z")]
         except (KeyError, ValueError):
             raise DataError(f"{path}, line {number}: x, y and z must be numbers, got {line!r}",
                             path=path, line=number) from None
+        points.append(point if status == "2" else [np.nan] * 3)
         labels.append(fields.get("label") or f"point {len(labels) + 1}")
     return labels, np.array(points, dtype=np.float64).reshape(-1, 3), system
 
@@ -198,6 +208,10 @@ def _table(files: Sequence[Path], labels: Sequence[str] | None, dim: int) -> dic
             if unknown:
                 raise DataError(f"{path}: labels {', '.join(map(repr, unknown))} are not among --labels",
                                 path=path, image_id=image_id)
+            repeated = sorted({label for label in point_list.labels if point_list.labels.count(label) > 1})
+            if repeated:
+                raise DataError(f"{path}: label {repeated[0]!r} names more than one point", path=path,
+                                image_id=image_id)
             found = dict(zip(point_list.labels, point_list.points, strict=True))
             points = np.array([found.get(label, [np.nan] * 3) for label in labels]).reshape(-1, 3)
         if dim == 2:
@@ -222,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, choices=(2, 3), default=3, help="2: keep x, y (points must lie "
                         "at z = 0); 3: x, y, z (default)")
     args = parser.parse_args(argv)
+    if args.labels is not None and len(set(args.labels)) < len(args.labels):
+        parser.error(f"--labels names a label twice: {' '.join(args.labels)}")
     try:
         table = _table(args.files, args.labels, args.dim)  # everything is read before anything is written
     except (FileNotFoundError, ValueError) as error:

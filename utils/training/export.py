@@ -112,7 +112,7 @@ def export_savedmodel(network: keras.Model, info: Mapping[str, Any], folder: str
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         network.export(str(staging / "model"), format="tf_saved_model", verbose=False)
-        _write_info(staging / "model", info)
+        _write_info(staging / "model", {k: v for k, v in info.items() if k != "network_sha256"})  # no file
         (staging / "model").rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
