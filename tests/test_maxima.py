@@ -37,12 +37,14 @@ def test_local_maxima_finds_each_blob_strongest_first(shape, centres):
     np.testing.assert_allclose(far, [centres[1]], atol=0.02)
 
 
-def test_local_maxima_keeps_one_voxel_of_a_plateau_and_none_of_a_flat_map():
+def test_local_maxima_counts_a_plateau_once_and_a_zero_map_not_at_all():
     heatmap = np.zeros((5, 8))
     heatmap[2, 3:5] = 1.0  # two equal neighbours
-    points, values = local_maxima(heatmap, min_distance=1.5)
+    points, values = local_maxima(heatmap, min_distance=0.0)
     np.testing.assert_array_equal(points, [[3.5, 2.0]])  # the first in C order, refined to the centre
     np.testing.assert_array_equal(values, [1.0])
+    points, values = local_maxima(np.full((60, 60), 0.5, np.float16), min_distance=0.0)  # flat: one maximum
+    np.testing.assert_array_equal(points, [[0.0, 0.0]])
     points, values = local_maxima(np.zeros((6, 6)))
     assert points.shape == (0, 2) and values.shape == (0,)
 
@@ -66,6 +68,8 @@ def test_typical_spacing_averages_over_the_images_that_have_both():
     np.testing.assert_allclose(direction, [0, 0, 1])
     with pytest.raises(ValueError, match="no image has both landmarks 1 and 2"):
         typical_spacing(landmarks[1:])
+    with pytest.raises(ValueError, match="no mean direction"):
+        typical_spacing(np.array([[[0, 0, 0], [0, 0, 1]], [[0, 0, 1], [0, 0, 0]]], dtype=float))
 
 
 def _spine_heatmaps():
@@ -109,3 +113,4 @@ def test_the_sequence_respects_the_direction_and_the_spacing_tolerance():
     assert np.isnan(pick_sequence([(np.zeros((0, 3)), np.zeros(0))] * 2, spacing=[5.0])).all()
     with pytest.raises(ValueError, match="N - 1 = 1 positive spacings"):
         pick_sequence(candidates, spacing=[10.0, 10.0])
+    np.testing.assert_array_equal(pick_sequence(candidates, spacing=10.0), [[0, 0, 20], [0, 0, 10]])

@@ -24,8 +24,9 @@ def local_maxima(heatmap: np.ndarray, min_relative: float = 0.5, min_distance: f
                  max_count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The local maxima of one heatmap, strongest first, refined to sub-voxel positions.
 
-    A voxel is a local maximum when no voxel of its 3x3(x3) neighbourhood is larger. Kept are those of at
-    least `min_relative` times the global maximum; of two closer than `min_distance` voxels only the stronger
+    A voxel is a local maximum when no voxel of its 3x3(x3) neighbourhood is larger; touching maxima of the
+    same value (a plateau) count once, at their first voxel in C order. Kept are those of at least
+    `min_relative` times the global maximum; of two closer than `min_distance` voxels only the stronger
     stays (ties: the first in C order). Each is refined by `decode.refine_peaks`, as `decode_heatmaps` does.
 
     Args:
@@ -43,6 +44,8 @@ def local_maxima(heatmap: np.ndarray, min_relative: float = 0.5, min_distance: f
         ValueError: a heatmap that is not 2D or 3D, not finite, or a parameter out of range.
     """
     heatmap = np.asarray(heatmap)
+    if heatmap.dtype not in (np.float32, np.float64):  # e.g. float16 outputs of mixed precision, integers
+        heatmap = heatmap.astype(np.float32)
     if heatmap.ndim not in (2, 3) or min(heatmap.shape) < 1:
         raise ValueError(f"local_maxima: the heatmap must have 2 or 3 non-empty axes, got {heatmap.shape}")
     if not 0 < min_relative <= 1 or min_distance < 0 or (max_count is not None and max_count < 1):
@@ -55,12 +58,15 @@ def local_maxima(heatmap: np.ndarray, min_relative: float = 0.5, min_distance: f
     if not peak > 0:
         return np.zeros((0, dim)), np.zeros(0)
     is_maximum = (heatmap == ndimage.maximum_filter(heatmap, size=3, mode="nearest"))
-    voxels = np.argwhere(is_maximum & (heatmap >= min_relative * peak))  # C order
+    is_maximum &= heatmap >= min_relative * peak
+    components, _ = ndimage.label(is_maximum, structure=np.ones((3,) * dim))
+    labels, first = np.unique(components.ravel(), return_index=True)  # first voxel of each, C order
+    voxels = np.stack(np.unravel_index(first[labels > 0], heatmap.shape), axis=1)
     values = heatmap[tuple(voxels.T)].astype(np.float64)
     kept: list[int] = []
     for i in np.argsort(-values, kind="stable"):
-        if all(np.linalg.norm(voxels[i] - voxels[j]) >= min_distance for j in kept):
-            kept.append(i)
+        if not kept or np.linalg.norm(voxels[kept] - voxels[i], axis=1).min() >= min_distance:
+            kept.append(int(i))
             if max_count is not None and len(kept) == max_count:
                 break
     voxels, values = voxels[kept], values[kept]
@@ -90,9 +96,12 @@ def typical_spacing(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     unknown = np.flatnonzero(~known.any(axis=0))
     if unknown.size:
         raise ValueError(f"typical_spacing: no image has both landmarks {unknown[0]} and {unknown[0] + 1}")
-    spacing = np.nansum(np.where(known, distances, 0.0), axis=0) / known.sum(axis=0)
+    spacing = np.where(known, distances, 0.0).sum(axis=0) / known.sum(axis=0)
     direction = np.nanmean(steps.reshape(-1, steps.shape[-1]), axis=0)
-    return spacing, direction / np.linalg.norm(direction)
+    length = np.linalg.norm(direction)
+    if not length > 0:
+        raise ValueError("typical_spacing: the landmarks have no mean direction (their steps cancel out)")
+    return spacing, direction / length
 
 
 def pick_sequence(candidates: Sequence[tuple[np.ndarray, np.ndarray]], spacing: np.ndarray,
@@ -107,7 +116,8 @@ def pick_sequence(candidates: Sequence[tuple[np.ndarray, np.ndarray]], spacing: 
     Args:
         candidates: per landmark, (points (K_i, dim), values (K_i,)) in one physical space (K_i may be 0;
             then points may be (0, dim) or (0,)), e.g. `local_maxima` mapped to millimetres.
-        spacing: (N - 1,) typical distance between landmarks i and i + 1, same units (`typical_spacing`).
+        spacing: (N - 1,) typical distance between landmarks i and i + 1, same units (`typical_spacing`);
+            a number: the same for every pair.
         direction: (dim,) the direction from landmark i to i + 1; None: no order constraint.
         tolerance: allowed relative deviation from `spacing`, in [0, 1).
 
@@ -115,6 +125,8 @@ def pick_sequence(candidates: Sequence[tuple[np.ndarray, np.ndarray]], spacing: 
         (N, dim) chosen points, NaN rows for the landmarks outside the chain.
     """
     spacing = np.asarray(spacing, dtype=np.float64)
+    if spacing.ndim == 0:
+        spacing = np.full(max(len(candidates) - 1, 0), float(spacing))
     if len(spacing) != len(candidates) - 1 or not (spacing > 0).all() or not 0 <= tolerance < 1:
         raise ValueError(f"pick_sequence: needs N - 1 = {len(candidates) - 1} positive spacings and "
                          f"0 <= tolerance < 1, got {spacing.tolist()} and {tolerance}")
@@ -134,10 +146,11 @@ def pick_sequence(candidates: Sequence[tuple[np.ndarray, np.ndarray]], spacing: 
             allowed = np.abs(ratio - 1) <= tolerance
             if direction is not None:
                 allowed &= steps @ np.asarray(direction, dtype=np.float64) > 0
-            chained = np.where(allowed, best[i - 1][:, None], -np.inf).max(axis=0, initial=-np.inf)
+            reachable = np.where(allowed, best[i - 1][:, None], -np.inf)  # (K_{i-1}, K_i)
+            chained = reachable.max(axis=0)
             better = chained > 0  # a predecessor with a positive sum beats starting here
             total[better] += chained[better]
-            previous[better] = np.where(allowed, best[i - 1][:, None], -np.inf).argmax(axis=0)[better]
+            previous[better] = reachable.argmax(axis=0)[better]
         best.append(total)
         origin.append(previous)
     chosen = np.full((len(candidates), dim), np.nan)

@@ -65,7 +65,11 @@ def predict_tiled(image: np.ndarray, tile_shape: Sequence[int],
     spatial = image.shape[:-1]
     if len(tile_shape) != len(spatial):
         raise ValueError(f"predict_tiled: tile {tile_shape} and image {image.shape} differ in dimension")
-    overlap = [n // 4 for n in tile_shape] if min_overlap is None else list(min_overlap)
+    overlap = [n // 4 for n in tile_shape] if min_overlap is None else [int(n) for n in min_overlap]
+    pairs = list(zip(overlap, tile_shape, strict=False))
+    if len(overlap) != len(tile_shape) or not all(0 <= o < t for o, t in pairs):
+        raise ValueError(f"predict_tiled: min_overlap {tuple(overlap)} needs one value per axis of the tile "
+                         f"{tile_shape}, each >= 0 and smaller than the tile")
     padded_shape = tuple(max(s, t) for s, t in zip(spatial, tile_shape, strict=True))
     if padded_shape != spatial:
         padding = [(0, p - s) for p, s in zip(padded_shape, spatial, strict=True)] + [(0, 0)]
@@ -78,6 +82,9 @@ def predict_tiled(image: np.ndarray, tile_shape: Sequence[int],
         chunk = starts[first:first + batch_size]
         boxes = [tuple(slice(b, b + t) for b, t in zip(start, tile_shape, strict=True)) for start in chunk]
         heatmaps = np.asarray(forward(np.stack([image[box] for box in boxes])), dtype=np.float32)
+        if heatmaps.shape[:-1] != (len(boxes), *tile_shape):
+            raise ValueError(f"predict_tiled: forward must return (B, *{tile_shape}, N) heatmaps on its "
+                             f"input grid for (B, *{tile_shape}, C) tiles, got {heatmaps.shape}")
         if total is None:
             total = np.zeros((*padded_shape, heatmaps.shape[-1]), np.float32)
             weight = np.zeros((*padded_shape, 1), np.float32)

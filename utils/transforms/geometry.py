@@ -145,9 +145,11 @@ class Geometry:
     def resampled(self, spacing: Sequence[float]) -> Geometry:
         """The grid of `spacing` that covers this one: same direction and centre, ceil(extent / spacing)
         voxels per axis (a whole volume at a fixed physical spacing, e.g. for tiled prediction)."""
-        spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (self.dim,))
-        if not (spacing > 0).all():
-            raise ValueError(f"Geometry.resampled: spacing must be positive, got {spacing.tolist()}")
+        spacing = np.asarray(spacing, dtype=np.float64)
+        spacing = np.full(self.dim, float(spacing)) if spacing.ndim == 0 else spacing
+        if spacing.shape != (self.dim,) or not (spacing > 0).all():
+            raise ValueError(f"Geometry.resampled: spacing must be one positive number or {self.dim}, got "
+                             f"{spacing.tolist()}")
         size = np.maximum(np.ceil(self.extent / spacing - 1e-9), 1).astype(int)
         origin = self.center - self.direction_matrix @ ((size - 1) / 2.0 * spacing)
         return Geometry(tuple(int(n) for n in size), tuple(float(v) for v in spacing),
