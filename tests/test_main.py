@@ -143,17 +143,19 @@ def test_faithful_options_on_the_command_line():
 
 
 def test_cpu_preset_sizes_scn_mia_for_its_128_pixel_input():
-    """D = 8 keeps the authors' 16 x 16 spatial grid of a 256-pixel hand; the command line still wins."""
+    """D = 4 gives the 32 x 32 spatial grid of the authors' 512-pixel cephalograms; the command line wins."""
     params = resolve("cpu", {}, "scn_mia")
-    assert (params.dropout, params.spatial_downsampling, params.heatmap_init) == (0.0, 8, 1e-3)
+    assert (params.dropout, params.spatial_downsampling, params.heatmap_init) == (0.0, 4, 1e-3)
+    assert params.learning_rate == 1e-3 and resolve("cpu", {}, "scn").learning_rate == 3e-4
     network = main.build_model(params).network
-    assert tuple(network.get_layer("spatial_heatmaps_downsampled").output.shape[1:3]) == (16, 16)
+    assert tuple(network.get_layer("spatial_heatmaps_downsampled").output.shape[1:3]) == (32, 32)
     kernel = network.get_layer("local_heatmaps").kernel.numpy()
     assert 0.5e-3 < kernel.std() < 1.5e-3
     authors = resolve("cpu", {"spatial_downsampling": 16, "heatmap_init": 1e-4}, "scn_mia")
     network = main.build_model(authors).network
     assert tuple(network.get_layer("spatial_heatmaps_downsampled").output.shape[1:3]) == (8, 8)
     assert resolve("cpu", {}, "scn").spatial_downsampling is None  # other networks keep the defaults
+    assert resolve("cpu", {"dim": 3}, "scn_mia").spatial_downsampling is None  # 3D: the authors' D = 8
     with pytest.raises(ValueError, match="--spatial-downsampling must be at least 1"):
         resolve("cpu", {"spatial_downsampling": 0}, "scn_mia")
     with pytest.raises(ValueError, match="--heatmap-init must be positive"):
