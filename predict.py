@@ -277,10 +277,10 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
                             np.save(temporary, heatmap)
                         plot_heatmaps(output / "heatmaps" / f"{ids[index]}.png", heatmap)
                     if markups:
-                        names = result["landmark_names"] or [f"landmark_{n}" for n in range(len(physical))]
                         file_points = sample["file_geometry"].index_to_physical(
                             sample["geometry"].physical_to_index(physical))
-                        write_markups_json(output / "markups" / f"{ids[index]}.mrk.json", names, file_points)
+                        write_markups_json(output / "markups" / f"{ids[index]}.mrk.json",
+                                           result["landmark_names"], file_points)
                     seconds["write"] += time.perf_counter() - clock
             progress.update(min(start + params.batch_size, len(ids)), len(result["failed"]))
     finally:
