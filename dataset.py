@@ -3,7 +3,8 @@
 A dataset folder holds::
 
     images/<id>.<ext>                  any format SimpleITK reads (.mha, .nii.gz, .nrrd, .png, ...)
-    setup/all.csv                      id,x0,y0[,z0],x1,...   (pixel indices or physical coordinates)
+    setup/all.csv                      id,x0,y0[,z0],x1,...   (pixel indices or physical coordinates;
+                                       a kind with several annotators has one CSV each: `DataSpec`)
     setup/cv/set<k>/{train,test}.txt   cross-validation folds (one id per line)
     setup/{train,test}.txt             the full split (fold "none")
 
@@ -11,7 +12,7 @@ Usage::
 
     hands = Dataset("hand_xray_dataset", spec=HAND_XRAY, image_size=(256, 256), heatmap_size=(256, 256),
                     num_landmarks=37, fold=1)                        # the papers' hand setup
-    volumes = Dataset("data/volumes", spec=PHYSICAL, image_size=(64, 64, 64), heatmap_size=(64, 64, 64),
+    volumes = Dataset("data/volumes", spec=CUSTOM_3D, image_size=(64, 64, 64), heatmap_size=(64, 64, 64),
                       num_landmarks=10, fold=1)                      # physical mm, real spacing
     batch = next(hands.training_batches())   # {"image", "points", "mask", "id"}, endless, augmented
     for sample in hands.validation_samples():  # each test image once, no randomness
@@ -23,7 +24,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,50 +44,164 @@ from utils.transforms.affine import (
     RandomRotate,
     RandomScale,
     RandomTranslate,
+    Scale,
 )
 from utils.transforms.bspline import RandomBSplineDeformation
 from utils.transforms.geometry import Geometry
 from utils.transforms.intensity import IntensityAugmentation
 from utils.transforms.spatial import SampleTransform, SpatialAugmentation
 
-__all__ = ["AUGMENTATION_2D", "AUGMENTATION_3D", "DATA_SPECS", "HAND_XRAY", "NORMALIZATIONS", "PHYSICAL",
-           "DataSpec", "Dataset", "ImageSamples", "ValidationSample", "csv_units", "sample_generator",
+__all__ = ["AUGMENTATION_2D", "AUGMENTATION_3D", "CEPHALOMETRIC", "CUSTOM_2D", "CUSTOM_3D", "DATA_KINDS",
+           "DATA_SPECS", "HAND_XRAY", "HEART_CT", "HEART_MR", "NORMALIZATIONS", "SPINE_CT", "DataSpec",
+           "Dataset", "ImageSamples", "ValidationSample", "csv_units", "kind_spec", "sample_generator",
            "spatial_chain"]
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What the data of a dataset folder is: units of the annotations, trust in the spacing, millimetres.
+    """What the data of a dataset folder is: its annotation files and their units, the trust in the spacing,
+    how millimetres are defined, the intensities and the output grid's spacing. One per kind of data
+    (`DATA_KINDS`); `--data-kind` picks it and a run's config.json records its name.
 
     Attributes:
-        name: The spec's name (recorded in a run's config.json).
-        landmark_units: What all.csv holds: "pixel" (indices) or "physical" (the image's physical space).
+        name: The spec's name.
+        dim: The dimension of the data (2 or 3).
+        landmark_units: What the CSVs hold: "pixel" (indices) or "physical" (the image's physical space).
             Converted ONCE, at load, to physical points.
         ignore_spacing: Use spacing 1 instead of the files' spacing (untrustworthy spacing).
         mm_reference: (landmark i, landmark j, distance in mm): millimetres defined by a reference distance
             in every image; None: physical units are millimetres (from the spacing).
-        intensity_shift: Maximum random intensity shift after robust normalisation to [-1, 1].
+        num_landmarks: Landmarks per image of the kind (None: the user says, --num-landmarks).
+        annotations: Landmark CSVs in setup/; with several (annotators), each training sample uses one of
+            them, drawn with equal probability.
+        references: Ground truths of the tests: name -> CSVs averaged into it; the first is the main one
+            (stats.json, summary.json, the conformal radii), the others are reported beside it. None: the
+            one annotation file.
+        outlier_thresholds: Point errors (mm) at and above which a landmark counts as an outlier.
+        pixel_spacing: Spacing (mm) every image file must carry (an image of another spacing is an error
+            that names the file); None: any.
+        image_spacing: Fixed spacing of the network input grid, mm per pixel (the volume is cropped or
+            padded to the grid); None: each image is fitted into the grid.
+        intensity_range: Fixed intensities (lo, hi) mapped to [-1, 1] (cephalograms: 0, 256 = (x - 128) /
+            128; CT: -2048, 2048 = HU / 2048); None: the robust range of each image or patch
+            (--intensity-normalization).
+        intensity_floor: Intensities below it are raised to it before the mapping, and the padding outside
+            the image is it (CT: -1024 HU, air; the authors pad CT with -1024).
+        intensity_shift: Maximum random intensity shift after the mapping to [-1, 1].
         intensity_scale: Maximum relative random intensity scale change.
+        intensity_gamma: Maximum absolute log of a random gamma exponent on the clamped range (MR), or None.
+        augmentation: The kind's spatial augmentation strengths (output pixels, radians, relative factors),
+            over `AUGMENTATION_2D` / `AUGMENTATION_3D`; None: those.
+        identification_radius: Radius (mm) of the identification rate (a landmark is identified when its
+            prediction is within the radius of its own true position and closer to it than to any other
+            true landmark); None: not reported.
     """
 
     name: str
+    dim: int
     landmark_units: str
     ignore_spacing: bool
     mm_reference: tuple[int, int, float] | None
+    num_landmarks: int | None = None
+    annotations: tuple[str, ...] = ("all.csv",)
+    references: dict[str, tuple[str, ...]] | None = None
+    outlier_thresholds: tuple[float, ...] = (2.0, 4.0, 10.0)
+    pixel_spacing: float | None = None
+    image_spacing: float | None = None
+    intensity_range: tuple[float, float] | None = None
+    intensity_floor: float | None = None
     intensity_shift: float = 0.15
     intensity_scale: float = 0.15
+    intensity_gamma: float | None = None
+    augmentation: dict | None = None
+    identification_radius: float | None = None
 
     def __post_init__(self) -> None:
         if self.landmark_units not in ("pixel", "physical"):
             raise ValueError(f"DataSpec {self.name!r}: landmark_units must be 'pixel' or 'physical', "
                              f"got {self.landmark_units!r}")
+        if self.dim not in (2, 3):
+            raise ValueError(f"DataSpec {self.name!r}: dim must be 2 or 3, got {self.dim!r}")
+        if not self.annotations:
+            raise ValueError(f"DataSpec {self.name!r}: annotations needs at least one CSV file name")
+        if self.image_spacing is not None and not self.image_spacing > 0:
+            raise ValueError(f"DataSpec {self.name!r}: image_spacing must be positive, "
+                             f"got {self.image_spacing}")
+
+    @property
+    def reference_files(self) -> dict[str, tuple[str, ...]]:
+        """The test ground truths, name -> CSVs averaged; the first is the main one."""
+        if self.references:
+            return {name: tuple(files) for name, files in self.references.items()}
+        return {"annotation": (self.annotations[0],)}
+
+    @property
+    def csv_files(self) -> tuple[str, ...]:
+        """Every landmark CSV the kind reads from setup/, once each."""
+        files = [*self.annotations, *(f for names in self.reference_files.values() for f in names)]
+        return tuple(dict.fromkeys(files))
 
 
-HAND_XRAY = DataSpec("hand_xray", landmark_units="pixel", ignore_spacing=True, mm_reference=(1, 5, 50.0))
+# The kinds of data (`--data-kind`); sources in REFERENCE.md of the authors' code (`../shared`), README
+# "Kinds of data". Strengths in `augmentation` are output pixels: the authors' millimetres over the spacing.
+HAND_XRAY = DataSpec("hand_xray", 2, landmark_units="pixel", ignore_spacing=True, mm_reference=(1, 5, 50.0),
+                     num_landmarks=37)
 """Hand radiographs (Digital Hand Atlas): pixel CSV, spacing ignored, landmarks 1 and 5 are 50 mm apart."""
-PHYSICAL = DataSpec("physical", landmark_units="physical", ignore_spacing=False, mm_reference=None)
-"""Generic data with a trustworthy spacing: CSV in the images' physical coordinates (mm), errors in mm."""
-DATA_SPECS = {spec.name: spec for spec in (HAND_XRAY, PHYSICAL)}
+CEPHALOMETRIC = DataSpec(
+    "cephalometric", 2, landmark_units="physical", ignore_spacing=False, mm_reference=None, num_landmarks=19,
+    annotations=("all_senior.csv", "all_junior.csv"),  # each sample: senior or junior with p = 0.5
+    references={"challenge": ("all_challenge.csv",), "senior": ("all_senior.csv",),
+                "junior": ("all_junior.csv",), "mean": ("all_senior.csv", "all_junior.csv")},
+    outlier_thresholds=(2.0, 2.5, 3.0, 4.0, 10.0),  # the ISBI 2015 radii 2, 2.5, 3, 4 mm (and 10)
+    pixel_spacing=0.1,  # the 1935 x 2400 BMPs are 0.1 mm pixels; the CSVs are in mm
+    intensity_range=(0.0, 256.0), intensity_shift=0.25, intensity_scale=0.25,  # (x - 128) / 128, +-0.25
+    augmentation={"translation": 10.0, "rotation": 0.25, "scaling": (0.2, 0.2), "deformation_nodes": 5,
+                  "deformation": 10.0},  # their mm at about 1 mm per pixel of a 256 x 256 input
+)
+"""ISBI 2015 cephalograms: 19 landmarks in mm on 0.1 mm pixels, two annotators, four ground truths."""
+SPINE_CT = DataSpec(
+    "spine_ct", 3, landmark_units="physical", ignore_spacing=False, mm_reference=None, num_landmarks=26,
+    image_spacing=2.0,  # 2 mm voxels (their input 96 x 96 x 192)
+    intensity_range=(-2048.0, 2048.0), intensity_floor=-1024.0,  # HU / 2048, below -1024 raised to it
+    intensity_shift=0.15, intensity_scale=0.15,
+    augmentation={"translation": 10.0, "rotation": 0.2, "scaling": (0.0, 0.1), "deformation_nodes": 5,
+                  "deformation": 7.5},  # +-20 mm, 0.2 rad, per-axis 0.1, 5 nodes of up to 15 mm, at 2 mm
+    identification_radius=20.0,
+)
+"""Spine CT: 26 vertebrae in mm (NaN = not in the scan), HU intensities, 2 mm voxels."""
+_HEART_CHAIN = {"rotation": 0.35, "scaling": (0.2, 0.1), "deformation_nodes": 6}  # +-0.35 rad, 0.2 and 0.1
+HEART_CT = DataSpec(
+    "heart_ct", 3, landmark_units="physical", ignore_spacing=False, mm_reference=None, num_landmarks=1,
+    image_spacing=10.0,  # their 32^3 input at 10 mm
+    intensity_range=(-2048.0, 2048.0), intensity_floor=-1024.0, intensity_shift=0.2, intensity_scale=0.2,
+    augmentation=_HEART_CHAIN | {"translation": 2.0, "deformation": 1.5},  # +-20 mm, 15 mm at 10 mm
+)
+"""Heart CT: the heart centre, HU clamped below at -1024, / 2048, random shift and scale +-0.2."""
+HEART_MR = DataSpec(
+    "heart_mr", 3, landmark_units="physical", ignore_spacing=False, mm_reference=None, num_landmarks=1,
+    image_spacing=12.0,  # their 32^3 input at 12 mm
+    intensity_shift=0.6, intensity_scale=0.6, intensity_gamma=0.4,  # robust range, +-0.6, gamma 0.67-1.49
+    augmentation=_HEART_CHAIN | {"translation": 20.0 / 12.0, "deformation": 15.0 / 12.0},
+)
+"""Heart MR: the heart centre, robust intensity normalisation, random gamma, shift and scale +-0.6."""
+CUSTOM_2D = DataSpec("custom2d", 2, landmark_units="pixel", ignore_spacing=False, mm_reference=None)
+"""Your 2D data: pixel CSV, the files' spacing in mm (--landmark-units, --ignore-spacing, --mm-reference)."""
+CUSTOM_3D = DataSpec("custom3d", 3, landmark_units="physical", ignore_spacing=False, mm_reference=None)
+"""Your 3D data: CSV in the images' physical coordinates (mm), errors in mm (the same options)."""
+DATA_SPECS = {spec.name: spec for spec in (HAND_XRAY, CEPHALOMETRIC, SPINE_CT, HEART_CT, HEART_MR, CUSTOM_2D,
+                                           CUSTOM_3D)}
+DATA_KINDS = ("hand_xray", "cephalometric", "spine_ct", "heart", "custom2d", "custom3d")
+"""The kinds a user picks (`--data-kind`): the specs, with heart split by modality."""
+
+
+def kind_spec(kind: str, modality: str | None = None) -> DataSpec:
+    """The `DataSpec` of a kind of data (`DATA_KINDS`; heart needs its modality, "mr" or "ct")."""
+    if kind not in DATA_KINDS:
+        raise ValueError(f"unknown data kind {kind!r}; known: {', '.join(DATA_KINDS)}")
+    if (kind == "heart") != (modality is not None):
+        raise ValueError(f"data kind {kind!r} with modality {modality!r}: heart needs mr or ct, "
+                         "the others none")
+    return DATA_SPECS[f"heart_{modality}" if kind == "heart" else kind]
 
 # Augmentation strengths (output pixels, radians, relative factors). 2D: the hand radiograph setup of the
 # papers; 3D: milder, for volumes resampled to about 64-128 voxels per axis.
@@ -114,20 +229,22 @@ NORMALIZATIONS = {"image": None, "patch": (5.0, 95.0)}
 
 
 def spatial_chain(translation: float, rotation: float, scaling: tuple[float, float] | None,
-                  deformation_nodes: int, deformation: float, deformation_grid: str = "image"
-                  ) -> SpatialAugmentation:
-    """The spatial chain: image centre to the origin, fit to the output keeping the aspect ratio, random
-    translation (output pixels), rotation (radians) and scaling (relative isotropic, per-axis; None: no
-    scaling step, as in the authors' hand chain), origin to the output centre, then a random B-spline
-    deformation (nodes per axis, output pixels, node layout "image" or "mesh": see
+                  deformation_nodes: int, deformation: float, deformation_grid: str = "image",
+                  spacing: float | None = None) -> SpatialAugmentation:
+    """The spatial chain: image centre to the origin, fit to the output keeping the aspect ratio (or, with
+    `spacing`, scale to that many mm per output pixel, cropping or padding), random translation (output
+    pixels), rotation (radians) and scaling (relative isotropic, per-axis; None: no scaling step, as in
+    the authors' hand chain), origin to the output centre, then a random B-spline deformation (nodes per
+    axis, output pixels, node layout "image" or "mesh": see
     `utils.transforms.bspline.RandomBSplineDeformation`). Validation samples take it without its random
     parts. Edit it to change the chain: `utils.transforms.affine` also has fixed
     `Translate`, `Rotate`, `Scale`, `Flip` and a `RandomFlip` (which keeps the landmark order: use it only
     for data whose landmarks have no left/right identity)."""
     scale = [] if scaling is None else [RandomScale(*scaling)]
+    fit = FitToOutput(keep_aspect=True) if spacing is None else Scale(1.0 / spacing)
     return SpatialAugmentation(
-        [CenterToOrigin(), FitToOutput(keep_aspect=True), RandomTranslate(translation),
-         RandomRotate(rotation), *scale, OriginToOutputCenter()],
+        [CenterToOrigin(), fit, RandomTranslate(translation), RandomRotate(rotation), *scale,
+         OriginToOutputCenter()],
         deformation=RandomBSplineDeformation(deformation_nodes, deformation, deformation_grid),
     )
 
@@ -136,8 +253,9 @@ def sample_generator(spec: DataSpec, image_size: Sequence[int], heatmap_size: Se
                      augmentation: dict | None = None, normalization: str = "image", clamp: bool = True
                      ) -> SampleGenerator:
     """The sample maker of a run: its spatial chain (`spatial_chain` with the strengths of its dimension,
-    replaced by `augmentation`), intensity handling and output and heatmap grids. Training draws it with a
-    random generator; validation and prediction with None (the non-random chain). Arguments as `Dataset`'s.
+    then the spec's, then `augmentation`, at the spec's fixed spacing if it has one), intensity handling
+    and output and heatmap grids. Training draws it with a random generator; validation and prediction with
+    None (the non-random chain). Arguments as `Dataset`'s.
 
     Raises:
         ValueError: A size, strength or normalisation is invalid (names the value received).
@@ -145,23 +263,31 @@ def sample_generator(spec: DataSpec, image_size: Sequence[int], heatmap_size: Se
     dim = len(image_size)
     if dim not in (2, 3):
         raise ValueError(f"image_size must have 2 or 3 entries, got {tuple(image_size)}")
+    if dim != spec.dim:
+        raise ValueError(f"data kind {spec.name!r} is {spec.dim}D, but the image size {tuple(image_size)} is "
+                         f"{dim}D")
     heatmap_size = tuple(image_size) if heatmap_size is None else tuple(heatmap_size)
     factors = {i // h if h and i % h == 0 else 0 for i, h in zip(image_size, heatmap_size, strict=False)}
     if len(heatmap_size) != dim or len(factors) != 1 or 0 in factors:
         raise ValueError(f"heatmap_size must be image_size {tuple(image_size)} divided by one integer "
                          f"factor, got {heatmap_size}")
-    strengths = {**(AUGMENTATION_2D if dim == 2 else AUGMENTATION_3D), **(augmentation or {})}
+    strengths = {**(AUGMENTATION_2D if dim == 2 else AUGMENTATION_3D), **(spec.augmentation or {}),
+                 **(augmentation or {})}
     unknown = set(strengths) - set(AUGMENTATION_2D)
     if unknown:
         raise ValueError(f"unknown augmentation strengths {sorted(unknown)}; "
                          f"known: {sorted(AUGMENTATION_2D)}")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
+    if isinstance(strengths["scaling"], list):  # a spec read back from JSON
+        strengths["scaling"] = tuple(strengths["scaling"])
     intensity = IntensityAugmentation(shift=spec.intensity_shift, scale=spec.intensity_scale,
-                                      clamp=(-1.0, 1.0) if clamp else None)
+                                      clamp=(-1.0, 1.0) if clamp or spec.intensity_gamma else None,
+                                      gamma=spec.intensity_gamma)
     output = Geometry.grid(tuple(image_size))
-    return SampleGenerator(spatial_chain(**strengths), intensity, output, output.downsampled(factors.pop()),
-                           NORMALIZATIONS[normalization])
+    return SampleGenerator(spatial_chain(**strengths, spacing=spec.image_spacing), intensity, output,
+                           output.downsampled(factors.pop()),
+                           None if spec.intensity_range else NORMALIZATIONS[normalization])
 
 
 def csv_units(spec: DataSpec, geometry: Geometry, points: np.ndarray) -> np.ndarray:
@@ -184,6 +310,8 @@ class ValidationSample:
         heatmap_geometry: Heatmap grid in output physical space (index -> output pixel coordinates).
         mm_scale: Millimetres per physical unit of the original image (reference distance for hands; 1.0
             with a real spacing in mm). NaN when a reference landmark is missing.
+        references: Further ground truths, name -> (N, dim) in the coordinates of `landmarks` (e.g. the
+            cephalograms' senior, junior and mean annotations beside the challenge's).
     """
 
     id: str
@@ -192,18 +320,21 @@ class ValidationSample:
     transform: SampleTransform
     heatmap_geometry: Geometry
     mm_scale: float
+    references: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class ImageSamples:
     """Picklable ``make_sample(index, rng)`` over image files, for the loader and for prediction; each process
     holds its own image cache. ``validation=True`` returns {"image", "transform", "geometry" (of the source
-    image)} (landmarks may be NaN: unknown), else the training arrays and the id. An image that fails is
-    reported by id and path."""
+    image)} (landmarks may be NaN: unknown), else the training arrays and the id. With several annotations
+    per image (`landmarks` of shape (M, A, N, dim)), a training sample draws one of the A first. An image
+    that fails is reported by id and path."""
 
     def __init__(self, ids: list[str], paths: list[Path], landmarks: np.ndarray, generator: SampleGenerator,
-                 ignore_spacing: bool, cache_bytes: int, validation: bool):
-        self.ids, self.paths, self.landmarks, self.generator = ids, paths, landmarks, generator
-        self.ignore_spacing, self.cache_bytes, self.validation = ignore_spacing, cache_bytes, validation
+                 spec: DataSpec, cache_bytes: int, validation: bool):
+        self.ids, self.paths, self.generator, self.spec = ids, paths, generator, spec
+        self.landmarks = landmarks if landmarks.ndim == 4 else landmarks[:, None]  # (M, A, N, dim)
+        self.cache_bytes, self.validation = cache_bytes, validation
         self._cache: LRUCache[SourceImage] | None = None
 
     def __getstate__(self) -> dict:
@@ -212,15 +343,17 @@ class ImageSamples:
     def _source(self, index: int) -> SourceImage:
         if self._cache is None:
             self._cache = LRUCache(self.cache_bytes, size_of=lambda source: source.nbytes)
-        dim = self.generator.output.dim
+        dim, spec = self.generator.output.dim, self.spec
         return self._cache.get(index, lambda: prepare_source(
-            read_image(self.paths[index], self.ignore_spacing, dim), self.generator.spatial,
-            self.generator.output))
+            read_image(self.paths[index], spec.ignore_spacing, dim), self.generator.spatial,
+            self.generator.output, spec.intensity_range, spec.intensity_floor))
 
     def __call__(self, index: int, rng: np.random.Generator | None) -> dict:
         try:
             source = self._source(index)
-            arrays, transform = self.generator(source, self.landmarks[index], rng)
+            annotations = self.landmarks[index]
+            chosen = 0 if rng is None or len(annotations) == 1 else int(rng.integers(len(annotations)))
+            arrays, transform = self.generator(source, annotations[chosen], rng)
         except Exception as error:  # name the image: the loader only knows the sample's index
             path, image_id = self.paths[index], self.ids[index]
             raise DataError(f"image {image_id!r} ({path}): {error}", path=path, image_id=image_id) from error
@@ -296,28 +429,38 @@ class Dataset:
         split = setup if fold is None or str(fold) == "none" else setup / "cv" / f"set{int(fold)}"
         self.train_ids = read_id_list(split / "train.txt")
         self.test_ids = read_id_list(split / "test.txt")
-        csv_path = setup / "all.csv"
-        table = read_landmarks_csv(csv_path, num_landmarks, dim)
+        tables = {name: (setup / name, read_landmarks_csv(setup / name, num_landmarks, dim))
+                  for name in spec.csv_files}
         files = self._image_files()
         self._geometry: dict[str, Geometry] = {}
         self._paths: dict[str, Path] = {}
-        self._landmarks: dict[str, np.ndarray] = {}
+        self._landmarks: dict[str, np.ndarray] = {}  # id -> (A, N, dim): the training annotations
+        self._references: dict[str, dict[str, np.ndarray]] = {}  # id -> {ground truth: (N, dim)}
         for list_name, ids in (("train.txt", self.train_ids), ("test.txt", self.test_ids)):
             for image_id in ids:
-                if image_id not in table:
-                    raise DataError(f"id {image_id!r} of {split / list_name} has no row in {csv_path}",
-                                    path=split / list_name, image_id=image_id)
+                for csv_path, table in tables.values():
+                    if image_id not in table:
+                        raise DataError(f"id {image_id!r} of {split / list_name} has no row in {csv_path}",
+                                        path=split / list_name, image_id=image_id)
                 path = self._image_path(image_id, files)
                 geometry = read_geometry(path, spec.ignore_spacing)
                 if geometry.dim != dim:
                     raise ValueError(f"image {path} is {geometry.dim}D (size {geometry.size}), but the input "
                                      f"size {tuple(image_size)} is {dim}D")
-                points = table[image_id]
+                if spec.pixel_spacing and not np.allclose(geometry.spacing, spec.pixel_spacing, rtol=1e-3):
+                    raise DataError(f"image {path} has spacing {geometry.spacing}, but {spec.name} images "
+                                    f"must carry {spec.pixel_spacing} mm (the landmarks are in mm): set "
+                                    "it in the file (see the dataset folder's README)", path=path,
+                                    image_id=image_id)
                 self._geometry[image_id] = geometry
                 self._paths[image_id] = path
-                if spec.landmark_units == "pixel":
-                    points = geometry.index_to_physical(points)
-                self._landmarks[image_id] = points
+                points = {name: table[image_id] if spec.landmark_units == "physical"
+                          else geometry.index_to_physical(table[image_id])
+                          for name, (_, table) in tables.items()}
+                self._landmarks[image_id] = np.stack([points[name] for name in spec.annotations])
+                self._references[image_id] = {
+                    name: np.mean([points[f] for f in csvs], axis=0)
+                    for name, csvs in spec.reference_files.items()}
 
         self.output_geometry = self.generator.output
         self.heatmap_geometry = self.generator.heatmap_geometry
@@ -346,7 +489,7 @@ class Dataset:
 
     def _samples(self, ids: list[str], validation: bool) -> ImageSamples:
         return ImageSamples(ids, [self._paths[i] for i in ids], np.stack([self._landmarks[i] for i in ids]),
-                        self.generator, self.spec.ignore_spacing, self.cache_bytes, validation)
+                            self.generator, self.spec, self.cache_bytes, validation)
 
     # ---------------------------------------------------------------- public
 
@@ -370,26 +513,31 @@ class Dataset:
         return self._train_loader.train_batches(start_batch, share)
 
     def validation_samples(self) -> list[ValidationSample]:
-        """Each test image once, through the non-random chain (same result every call), in test.txt order."""
-        targets = np.stack([self._landmarks[i] for i in self.test_ids])
+        """Each test image once, through the non-random chain (same result every call), in test.txt order.
+        Its landmarks are the spec's main ground truth; the others are in `references`."""
+        names = list(self.spec.reference_files)
+        targets = np.stack([self._references[i][names[0]] for i in self.test_ids])
         scales = self.mm_scales(targets)
         samples = []
         with BatchLoader(self._samples(self.test_ids, validation=True), len(self.test_ids), 1,
                          seed=self.seed, num_workers=self.workers) as loader:
             for index, batch in enumerate(loader.ordered_batches()):
+                image_id = self.test_ids[index]
                 samples.append(ValidationSample(
-                    self.test_ids[index], batch["image"][0], targets[index], batch["transform"][0],
-                    self.heatmap_geometry, float(scales[index])))
+                    image_id, batch["image"][0], targets[index], batch["transform"][0],
+                    self.heatmap_geometry, float(scales[index]),
+                    {name: self._references[image_id][name] for name in names[1:]}))
         return samples
 
     def mean_shape(self) -> np.ndarray:
-        """Mean landmark positions of the training images in output pixels after the validation chain.
+        """Mean landmark positions of the training images (over their annotations) in output pixels after the
+        validation chain.
 
         Returns:
             (N, dim) float64 output pixel coordinates (x, y[, z]); NaN for a landmark missing everywhere.
         """
         points = [self.generator.spatial.sample(self._geometry[i], self.output_geometry, None)
-                  .input_to_output(self._landmarks[i]) for i in self.train_ids]
+                  .input_to_output(annotation) for i in self.train_ids for annotation in self._landmarks[i]]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a landmark missing in every image: NaN
             return np.nanmean(np.stack(points), axis=0)

@@ -38,11 +38,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: n
 
 import numpy as np  # noqa: E402
 
-from dataset import DATA_SPECS, NORMALIZATIONS, Dataset  # noqa: E402
+from dataset import DATA_KINDS, NORMALIZATIONS, Dataset, DataSpec, kind_spec  # noqa: E402
 from utils.data.loader import LoaderError, SampleError  # noqa: E402
 from utils.data.validate import ValidationReport, validate_dataset  # noqa: E402
 from utils.io.atomic import write_json_atomic  # noqa: E402
 from utils.io.errors import DataError  # noqa: E402
+from utils.io.splits import cv_folds  # noqa: E402
 from utils.landmarks.statistics import format_fold_table, landmark_statistics  # noqa: E402
 from utils.synthetic import generate_hand_dataset, generate_volume_dataset  # noqa: E402
 from utils.training.output import RunFolder, config_to_dict, read_config  # noqa: E402
@@ -112,12 +113,25 @@ class Parameters:
     dim: int = _field(2, "spatial dimension: 2 (radiographs) or 3 (volumes; with the cpu preset, 3 also sets "
                       "the CPU-sized 3D defaults: " + ", ".join(f"{k} {v}" for k, v in CPU_3D.items()) + ")",
                       choices=(2, 3))
-    data_spec: str | None = _field(None, "what the data is: hand_xray (pixel CSV, spacing ignored, mm from "
-                                   "landmarks 1 and 5 = 50 mm) or physical (CSV in mm, real spacing); "
-                                   "None: hand_xray in 2D, physical in 3D", choices=tuple(DATA_SPECS))
-    num_landmarks: int = _field(37, "landmarks per image (hand: 37)")
-    cv: str = _field("1", "cross-validation fold; 'all' runs folds 1-3, 'none' uses setup/{train,test}.txt",
-                     choices=("1", "2", "3", "all", "none"))
+    data_kind: str | None = _field(
+        None, "what the data is (dataset.py DATA_SPECS; README \"Kinds of data\"): hand_xray (pixel CSV, "
+        "spacing ignored, mm from landmarks 1 and 5 = 50 mm), cephalometric (ISBI 2015: mm on 0.1 mm pixels, "
+        "two annotators), spine_ct (mm, HU, 2 mm voxels, identification rate), heart (with --modality), "
+        "custom2d / custom3d (yours: --landmark-units, --ignore-spacing, --mm-reference); it also sets --dim "
+        "and --num-landmarks; None: hand_xray in 2D, custom3d in 3D", choices=DATA_KINDS)
+    modality: str | None = _field(None, "--data-kind heart only: mr or ct (intensities of each)",
+                                  choices=("mr", "ct"))
+    landmark_units: str | None = _field(None, "custom kinds only: what setup/all.csv holds, pixel (indices) "
+                                        "or physical (the images' physical coordinates); None: pixel in "
+                                        "2D, physical in 3D", choices=("pixel", "physical"))
+    ignore_spacing: bool = _field(False, "custom kinds only: use spacing 1 instead of the files' spacing "
+                                  "(errors then in pixels unless --mm-reference)")
+    mm_reference: tuple[float, ...] = _field(
+        (), "custom kinds only: I J MM: millimetres defined by landmarks I and J (0-based) being MM mm apart "
+        "in every image (the hands: 1 5 50); none: the spacing's mm", type=float, nargs="*", metavar="X")
+    num_landmarks: int = _field(37, "landmarks per image (hand: 37; a --data-kind sets its own)")
+    cv: str = _field("1", "cross-validation fold K (setup/cv/setK); 'all' runs every fold of the dataset, "
+                     "'none' uses setup/{train,test}.txt", metavar="K")
     image_size: tuple[int, ...] = _field((128, 128), "network input size in pixels, W H [D]", metavar="N")
     # ---- augmentation (strengths in dataset.py AUGMENTATION_2D / AUGMENTATION_3D) ----
     random_scaling: bool = _field(True, "random scaling in the spatial chain (2D: factors 1 +- 0.1, times "
@@ -217,6 +231,18 @@ class Parameters:
             raise ValueError(f"--heatmap-init must be positive, got {self.heatmap_init}")
         if not 0 < self.coverage < 1:
             raise ValueError(f"--coverage must be between 0 and 1, got {self.coverage}")
+        if self.cv not in ("all", "none") and not (self.cv.isdigit() and int(self.cv) >= 1):
+            raise ValueError(f"--cv must be a fold number (1, 2, ...), all or none, got {self.cv!r}")
+        if (self.modality is None) == (self.data_kind == "heart"):
+            raise ValueError("--modality mr or ct goes with --data-kind heart, and only with it")
+        custom = {"landmark_units": self.landmark_units, "ignore_spacing": self.ignore_spacing or None,
+                  "mm_reference": self.mm_reference or None}
+        if not (self.data_kind or "").startswith("custom") and any(v is not None for v in custom.values()):
+            given = ", ".join(_option(k) for k, v in custom.items() if v is not None)
+            raise ValueError(f"{given} describe your own data: use them with --data-kind "
+                             f"custom{self.dim}d (the kind {self.data_kind or 'hand_xray'} defines them)")
+        if self.mm_reference and len(self.mm_reference) != 3:
+            raise ValueError(f"--mm-reference needs I J MM, got {' '.join(map(str, self.mm_reference))}")
         if self.anisotropic_sigma and not self.learn_sigma:
             raise ValueError("--anisotropic-sigma needs --learn-sigma (fixed sigmas are isotropic)")
 
@@ -228,7 +254,7 @@ class Parameters:
 _HAND_SETUP = {  # the data and chain of the authors' hand_xray example (REFERENCE section 1)
     "dataset": "hand_xray_dataset",  # their all.csv and published folds cv/set1-3, shipped there
     "dim": 2,
-    "data_spec": "hand_xray",  # pixel CSV, spacing ignored, mm from landmarks 1 and 5 = 50 mm
+    "data_kind": "hand_xray",  # pixel CSV, spacing ignored, mm from landmarks 1 and 5 = 50 mm
     "num_landmarks": 37,
     "cv": "all",  # 3-fold cross-validation on the published folds
     "image_size": (256, 256),  # input 256 x 256 (ConvOnly-Net: NETWORK_PRESETS)
@@ -378,7 +404,8 @@ def _replace(params: Parameters, values: dict) -> Parameters:
 
 
 def resolve(preset: str, overrides: dict, network: str | None = None) -> Parameters:
-    """The parameters of an experiment (or of one network's runs): defaults < preset < network preset < CLI.
+    """The parameters of an experiment (or of one network's runs): defaults < preset (< CPU_3D in 3D) < the
+    data kind's dimension and landmark count < network preset < CLI.
 
     Args:
         preset: a key of `PRESETS`.
@@ -386,9 +413,15 @@ def resolve(preset: str, overrides: dict, network: str | None = None) -> Paramet
         network: apply this network's exceptions of the preset and train only it; None: the whole experiment.
     """
     values = dict(PRESETS[preset])
+    kind = overrides.get("data_kind", values.get("data_kind"))
+    spec = kind_spec(kind, "ct" if kind == "heart" else None) if kind in DATA_KINDS else None
+    if spec is not None:
+        values["dim"] = spec.dim  # the kind's dimension (--dim, if given, must agree: `data_spec`)
     cpu_3d = preset == "cpu" and overrides.get("dim", values.get("dim")) == 3
     if cpu_3d:
         values |= {"dim": 3, **CPU_3D}
+    if spec is not None and spec.num_landmarks is not None:
+        values["num_landmarks"] = spec.num_landmarks
     params = _replace(Parameters(), values)
     if network is not None:
         network_values = NETWORK_PRESETS[preset].get(network, {})
@@ -398,9 +431,10 @@ def resolve(preset: str, overrides: dict, network: str | None = None) -> Paramet
     return _replace(params, {k: v for k, v in overrides.items() if network is None or k != "networks"})
 
 
-def folds(cv: str) -> list[str]:
-    """The folds a --cv value runs: "all" -> ["1", "2", "3"], others -> [cv]."""
-    return ["1", "2", "3"] if cv == "all" else [cv]
+def folds(params: Parameters) -> list[str]:
+    """The folds a run's --cv runs: "all" -> every setup/cv/set<k> of its dataset (1-3 for a synthetic set
+    yet to be generated), others -> [cv]."""
+    return cv_folds(dataset_folder(params)) if params.cv == "all" else [params.cv]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -450,17 +484,35 @@ def prepare_dataset(params: Parameters) -> Path:
     return folder
 
 
-def data_spec(params: Parameters) -> str:
-    """The name of the run's `DataSpec`: --data-spec, else hand_xray in 2D and physical in 3D."""
-    return params.data_spec or ("hand_xray" if params.dim == 2 else "physical")
+def data_kind(params: Parameters) -> str:
+    """The run's kind of data: --data-kind, else hand_xray in 2D and custom3d in 3D."""
+    return params.data_kind or ("hand_xray" if params.dim == 2 else "custom3d")
+
+
+def data_spec(params: Parameters) -> DataSpec:
+    """The run's `DataSpec`: its kind's, with --landmark-units, --ignore-spacing and --mm-reference for the
+    custom kinds.
+
+    Raises:
+        ValueError: The kind is for the other dimension.
+    """
+    spec = kind_spec(data_kind(params), params.modality)
+    if spec.dim != params.dim:
+        raise ValueError(f"--data-kind {data_kind(params)} is {spec.dim}D data, but --dim is {params.dim}")
+    if not spec.name.startswith("custom"):
+        return spec
+    first, second, mm = params.mm_reference or (None, None, None)
+    return dataclasses.replace(spec, landmark_units=params.landmark_units or spec.landmark_units,
+                               ignore_spacing=params.ignore_spacing,
+                               mm_reference=None if mm is None else (int(first), int(second), mm))
 
 
 def check_dataset(params: Parameters, folds_to_check: str) -> ValidationReport:
     """Reads every split file, annotation row and image of the dataset once: all problems together."""
-    spec = DATA_SPECS[data_spec(params)]
+    spec = data_spec(params)
     return validate_dataset(dataset_folder(params), num_landmarks=params.num_landmarks, dim=params.dim,
                             folds=folds_to_check, landmark_units=spec.landmark_units,
-                            ignore_spacing=spec.ignore_spacing)
+                            ignore_spacing=spec.ignore_spacing, annotations=spec.csv_files)
 
 
 def chain_options(params: Parameters) -> dict:
@@ -555,8 +607,9 @@ def _train_and_test(
     """`train_and_test` with its model and open dataset: baseline, training with tests, the last test."""
     validation = dataset.validation_samples()
     baseline = mean_shape_errors(dataset.mean_shape(), validation)
+    spec = dataset.spec
     print(f"mean-shape baseline on the {len(validation)} test images: "
-          f"{describe(landmark_statistics(baseline))}")
+          f"{describe(landmark_statistics(baseline, spec.outlier_thresholds))}")
     tests: list[Evaluation] = []
     forward = replicas.forward(model.network)
 
@@ -564,7 +617,8 @@ def _train_and_test(
         start = time.perf_counter()
         result = evaluate(model.network, validation, run.iteration(iteration), dataset.to_csv_units,
                           batch_size=params.batch_size, name=run.root.parent.name, targets=model.targets,
-                          forward=forward)
+                          forward=forward, thresholds=spec.outlier_thresholds,
+                          identification_radius=spec.identification_radius)
         tests.append(result)
         seconds = time.perf_counter() - start
         print(f"--- test at iteration {iteration} ({len(validation)} images, {seconds:.1f} s): "
@@ -592,7 +646,7 @@ def export_info(params: Parameters, model: HeatmapTrainer, iteration: int, calib
         "parameters": config_to_dict(params),
         "input_size": list(params.image_size),
         "heatmap_size": list(heatmap_size(model)),
-        "data_spec": dataclasses.asdict(DATA_SPECS[data_spec(params)]),
+        "data_spec": dataclasses.asdict(data_spec(params)),
         "landmark_names": [f"landmark_{n}" for n in range(params.num_landmarks)],
         "sigmas": model.sigmas().tolist(),
         "sigma_rotations": None if rotation is None else keras.ops.convert_to_numpy(rotation).tolist(),
@@ -622,9 +676,16 @@ def describe(stats: dict) -> str:
         return "no valid point errors"
     thresholds = "/".join(stats["outlier_percent"])
     percents = "/".join(f"{percent:.1f}" for percent in stats["outlier_percent"].values())
+    identification = stats.get("identification")
+    identified = ""
+    if identification and identification["percent"] is not None:
+        identified = (f", identified {identification['percent']:.1f} % "
+                      f"(within {identification['radius_mm']:g} mm)")
+    others = "".join(f"; vs {name} {other['pe_mean']:.2f} mm"
+                     for name, other in stats.get("references", {}).items() if other["pe_mean"] is not None)
     return (
         f"PE {stats['pe_mean']:.2f} ± {stats['pe_std']:.2f} mm (median {stats['pe_median']:.2f}), "
-        f">= {thresholds} mm: {percents} %"
+        f">= {thresholds} mm: {percents} %{identified}{others}"
     )
 
 
@@ -654,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             runs = []
             for network in experiment.networks:
                 per_network = resolve(preset, args, network)
-                for fold in folds(experiment.cv):
+                for fold in folds(experiment):
                     runs.append((dataclasses.replace(per_network, cv=fold), None))
             # the sizes and options the networks take
             for network, size, options in {(p.networks[0], p.image_size, tuple(network_options(p).items()))

@@ -213,13 +213,13 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
         The content of landmarks.json.
     """
     params = model.params
-    spec = DataSpec(**model.info["data_spec"])  # as exported: an export keeps its meaning when code changes
+    # as exported: an export keeps its meaning when code changes (exports before the kinds had no "dim")
+    spec = DataSpec(**{"dim": params.dim, **model.info["data_spec"]})
     generator = sample_generator(spec, params.image_size, model.info["heatmap_size"],
                                  **main.chain_options(params))
     ids, paths = list(files), list(files.values())
     unknown = np.full((len(ids), params.num_landmarks, params.dim), np.nan)
-    samples = ImageSamples(ids, paths, unknown, generator, spec.ignore_spacing, cache_bytes=0,
-                           validation=True)
+    samples = ImageSamples(ids, paths, unknown, generator, spec, cache_bytes=0, validation=True)
     radii = model.radii_mm
     result = {"model": model.description, "iteration": model.info.get("iteration"),
               "units": spec.landmark_units, "landmark_names": model.info.get("landmark_names"),

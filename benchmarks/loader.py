@@ -88,7 +88,7 @@ def volume_folder(cache: Path, quick: bool) -> tuple[Path, str]:
 
 def make_dataset(folder: Path, config: tuple, workers: int) -> Dataset:
     size, landmarks, batch, dim = config
-    return Dataset(folder, spec="hand_xray" if dim == 2 else "physical", image_size=size, heatmap_size=size,
+    return Dataset(folder, spec="hand_xray" if dim == 2 else "custom3d", image_size=size, heatmap_size=size,
                    num_landmarks=landmarks, fold=None, batch_size=batch, workers=workers, seed=0)
 
 

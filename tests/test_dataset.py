@@ -45,7 +45,7 @@ def make(folder, dim, **options):
     size = (32, 32) if dim == 2 else (16, 16, 16)
     heatmap = (16, 16) if dim == 2 else (16, 16, 16)
     defaults = dict(image_size=size, heatmap_size=heatmap, num_landmarks=NUM_LANDMARKS,
-                    spec="hand_xray" if dim == 2 else "physical", batch_size=2, fold=1)
+                    spec="hand_xray" if dim == 2 else "custom3d", batch_size=2, fold=1)
     return Dataset(folder, **{**defaults, **options})
 
 
@@ -126,6 +126,8 @@ def test_errors_name_the_file_or_id(tmp_path):
     with pytest.raises(ValueError, match=r"all\.csv.*case0.*expected 14 values"):
         make(tmp_path, 2, num_landmarks=7)  # landmark count differs from the CSV's
     with pytest.raises(ValueError, match=r"case0.png is 2D .* input size \(16, 16, 16\) is 3D"):
+        make(tmp_path, 3, spec="custom3d", num_landmarks=4)
+    with pytest.raises(ValueError, match=r"kind 'hand_xray' is 2D, but the image size \(16, 16, 16\) is 3D"):
         make(tmp_path, 3, spec="hand_xray", num_landmarks=4)
     (tmp_path / "images" / "case1.mha").write_text("not an image")
     with pytest.raises(ValueError, match=r"several image files for id 'case1'"):
@@ -148,7 +150,7 @@ def test_errors_name_the_file_or_id(tmp_path):
         make(tmp_path, 2, fold=None)
     with pytest.raises(ValueError, match=r"heatmap_size .* got \(10, 10\)"):
         make(tmp_path, 2, heatmap_size=(10, 10))
-    with pytest.raises(ValueError, match=r"unknown data spec 'xray'; known: hand_xray, physical"):
+    with pytest.raises(ValueError, match=r"unknown data spec 'xray'; known: hand_xray, cephalometric"):
         make(tmp_path, 2, spec="xray")
     with pytest.raises(ValueError, match=r"unknown augmentation strengths \['shear'\]"):
         make(tmp_path, 2, augmentation={"shear": 0.1})

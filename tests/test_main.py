@@ -24,9 +24,11 @@ def test_unknown_or_mistyped_option_is_an_error(capsys):
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --max-itr" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        parser().parse_args(["--cv", "4"])
-    with pytest.raises(SystemExit):
         parser().parse_args(["--network", "resnet"])
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--data-kind", "knee"])
+    with pytest.raises(ValueError, match=r"--cv must be a fold number \(1, 2, ...\), all or none, got 'x'"):
+        resolve("cpu", {"cv": "x"})
 
 
 def test_help_lists_every_parameter_with_its_unit(capsys):
@@ -35,7 +37,7 @@ def test_help_lists_every_parameter_with_its_unit(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for field in dataclasses.fields(Parameters):
         assert main._option(field.name) in text, field.name
-    for option in ("--preset", "--resume", "--cv {1,2,3,all,none}", "--dim {2,3}", "--optimizer {sgd,adam}"):
+    for option in ("--preset", "--resume", "--cv K", "--dim {2,3}", "--optimizer {sgd,adam}"):
         assert option in text
     assert "network input size in pixels" in text and "in heatmap pixels" in text
     for preset in ("paper", "mia2019"):  # every value of each preset, as options
@@ -58,7 +60,7 @@ HAND_SETUP = {  # the authors' hand_xray data, chain and intensities (REFERENCE 
     "num_landmarks": 37,
     "cv": "all",
     "image_size": (256, 256),
-    "data_spec": "hand_xray",
+    "data_kind": "hand_xray",
     "random_scaling": False,
     "bspline_grid": "mesh",
     "intensity_normalization": "patch",
@@ -207,8 +209,12 @@ def test_config_round_trip_and_unknown_key():
         config_from_dict(Parameters, {"learning_rat": 1.0})
 
 
-def test_folds_and_run_names():
-    assert main.folds("all") == ["1", "2", "3"] and main.folds("none") == ["none"]
+def test_folds_and_run_names(tmp_path):
+    for fold in (2, 1, 10, 4, 3):
+        (tmp_path / "setup" / "cv" / f"set{fold}").mkdir(parents=True)
+    assert main.folds(Parameters(dataset=str(tmp_path), cv="all")) == ["1", "2", "3", "4", "10"]
+    assert main.folds(Parameters(dataset=str(tmp_path / "new"), cv="all")) == ["1", "2", "3"]
+    assert main.folds(Parameters(cv="none")) == ["none"] and main.folds(Parameters(cv="4")) == ["4"]
     assert main.run_name("scn", "2") == "scn_cv2" and main.run_name("unet", "none") == "unet_full"
 
 

@@ -363,6 +363,7 @@ class FakeSample:
     transform: ShiftScale = field(default_factory=ShiftScale)
     heatmap_geometry: Geometry = field(default_factory=lambda: Geometry.grid((16, 16)))
     mm_scale: float = 0.5
+    references: dict = field(default_factory=dict)
 
 
 def blob(x, y, sigma=1.5):

@@ -52,7 +52,9 @@ class SourceImage:
         return self.warp_source.nbytes
 
 
-def prepare_source(image: sitk.Image, spatial: SpatialAugmentation, output: Geometry) -> SourceImage:
+def prepare_source(image: sitk.Image, spatial: SpatialAugmentation, output: Geometry,
+                   intensity_range: tuple[float, float] | None = None, intensity_floor: float | None = None
+                   ) -> SourceImage:
     """Decodes an image once: a block-averaged, intensity-normalised, padded copy for resampling.
 
     The block size is chosen from the validation (non-random) transform so that one output pixel spans
@@ -64,6 +66,10 @@ def prepare_source(image: sitk.Image, spatial: SpatialAugmentation, output: Geom
         image: The source image (2D or 3D, any pixel type with one component).
         spatial: The spatial chain the samples will be drawn from.
         output: The output (network input) grid.
+        intensity_range: Fixed (lo, hi) mapped to [-1, 1] (e.g. CT: -2048, 2048 HU); None: the image's
+            robust range (1st/99th percentile).
+        intensity_floor: Intensities below it are raised to it first, and the padding outside the image is
+            it (CT: -1024 HU, air); None: no floor, padding 0.
 
     Returns:
         The prepared `SourceImage`.
@@ -77,10 +83,13 @@ def prepare_source(image: sitk.Image, spatial: SpatialAugmentation, output: Geom
                          f"({image.GetPixelIDTypeAsString()}); a single-channel (grey-value) image is needed")
     geometry = Geometry.from_image(image)
     array = sitk.GetArrayViewFromImage(image).astype(np.float32)
+    if intensity_floor is not None:
+        np.maximum(array, np.float32(intensity_floor), out=array)
     factor = block_average_factor(spatial.sample(geometry, output, None))
     reduced, reduced_geometry = block_average(array, geometry, factor)
-    lo, hi = robust_range(array)
-    outside = float(rescale_intensity(np.zeros(1), lo, hi)[0])
+    lo, hi = robust_range(array) if intensity_range is None else intensity_range
+    outside = 0.0 if intensity_floor is None else intensity_floor  # padding: 0, or the floor (CT: air)
+    outside = float(rescale_intensity(np.array([outside]), lo, hi)[0])
     normalised = rescale_intensity(reduced, lo, hi)
     return SourceImage(geometry, WarpSource.from_array(normalised, reduced_geometry, outside))
 

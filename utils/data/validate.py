@@ -15,7 +15,6 @@ landmarks are infos. The exit status is 0 without errors, 1 with errors and 2 fo
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from utils.io.errors import DataError
 from utils.io.id_list import read_id_list_lines
 from utils.io.image import read_image
 from utils.io.landmarks import read_csv_rows, read_landmarks_csv
+from utils.io.splits import cv_folds
 from utils.transforms.geometry import Geometry
 
 __all__ = ["Problem", "ValidationReport", "main", "validate_dataset"]
@@ -135,15 +135,14 @@ def _split_files(setup: Path, folds: str | int | Sequence[str | int] | None) -> 
         found = []
         if (setup / "train.txt").exists() or (setup / "test.txt").exists():
             found.append(fold_split("none"))
-        sets = [p for p in (setup / "cv").glob("set*") if p.is_dir() and re.fullmatch(r"set\d+", p.name)]
-        for folder in sorted(sets, key=lambda p: int(p.name[3:])):
-            found.append(fold_split(folder.name[3:]))
+        if (setup / "cv").is_dir():
+            found += [fold_split(fold) for fold in cv_folds(setup.parent)]
         return found
     names: list[str] = []
     for fold in [folds] if isinstance(folds, str | int) else folds:
         fold = str(fold).strip().lower()
         if fold == "all":
-            names += ["1", "2", "3"]
+            names += cv_folds(setup.parent)
         elif fold == "none" or fold.isdigit():
             names.append(fold)
         else:
@@ -292,6 +291,7 @@ def validate_dataset(
     landmark_units: str | None = None,
     ignore_spacing: bool | None = None,
     progress_seconds: float | None = 5.0,
+    annotations: Sequence[str] = ("all.csv",),
 ) -> ValidationReport:
     """Checks a dataset folder (layout: README "Your own 2D data") and reports every problem found.
 
@@ -303,13 +303,15 @@ def validate_dataset(
         num_landmarks: landmarks per annotation row; None infers it from the most common row length (an
             info says so).
         dim: 2 or 3, the dimension of the images after a last axis of size 1 is dropped.
-        folds: which splits to check: "all" (folds 1-3), "none" (setup/{train,test}.txt), a fold number,
-            or a sequence of these; None checks every split present.
+        folds: which splits to check: "all" (every setup/cv/set<k>), "none" (setup/{train,test}.txt), a fold
+            number, or a sequence of these; None checks every split present.
         landmark_units: what all.csv holds: "pixel" (indices) or "physical"; None: "pixel" in 2D,
             "physical" in 3D (as `Dataset`).
         ignore_spacing: use spacing 1 instead of the file's; None: True in 2D, False in 3D (as `Dataset`).
         progress_seconds: print progress on stderr every this many seconds while decoding images; None:
             never.
+        annotations: the landmark CSVs in setup/ (several for a kind with several annotators); each is
+            checked, and the images' landmarks against the first.
 
     Returns:
         The report: `errors`, `warnings`, `infos`, `ok` and `format()`.
@@ -326,7 +328,7 @@ def validate_dataset(
         raise ValueError(f"landmark_units must be 'pixel' or 'physical', got {landmark_units!r}")
     ignore_spacing = dim == 2 if ignore_spacing is None else ignore_spacing
     folder = Path(folder)
-    setup, image_dir, csv_path = folder / "setup", folder / "images", folder / "setup" / "all.csv"
+    setup, image_dir, csv_path = folder / "setup", folder / "images", folder / "setup" / annotations[0]
     report = ValidationReport(folder)
     if not folder.is_dir():
         report.add(ERROR, f"dataset folder not found: {folder}", path=folder)
@@ -343,9 +345,12 @@ def validate_dataset(
         if num_landmarks is not None:
             report.add(INFO, f"{csv_path}: {num_landmarks} landmarks per row assumed (the most common row "
                              "length); pass num_landmarks to check it", path=csv_path)
-    table, bad_rows = None, set()
+    table, bad_rows, others = None, set(), {}
     if num_landmarks is not None:
         table, bad_rows = _check_landmarks(report, csv_path, num_landmarks, dim)
+        for name in annotations[1:]:
+            other, other_bad = _check_landmarks(report, setup / name, num_landmarks, dim)
+            others[setup / name] = (other, other_bad)
     elif not csv_path.is_file():
         report.add(ERROR, f"annotation file not found: {csv_path}", path=csv_path)
     else:
@@ -361,9 +366,10 @@ def validate_dataset(
     else:
         report.add(ERROR, f"image folder not found: {image_dir}", path=image_dir)
     for image_id, first in used.items():
-        if table is not None and image_id not in table and image_id not in bad_rows:
-            report.add(ERROR, f"{_where(image_id, first)} has no row in {csv_path}",
-                       path=first[0], line=first[1], image_id=image_id)
+        for path, (rows, bad) in {csv_path: (table, bad_rows), **others}.items():
+            if rows is not None and image_id not in rows and image_id not in bad:
+                report.add(ERROR, f"{_where(image_id, first)} has no row in {path}",
+                           path=first[0], line=first[1], image_id=image_id)
         if image_dir.is_dir() and image_id not in files:
             report.add(ERROR, f"{_where(image_id, first)} has no image in {image_dir}",
                        path=first[0], line=first[1], image_id=image_id)
@@ -398,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="landmarks per annotation row (default: the most common row length)")
     parser.add_argument("--dim", type=int, choices=(2, 3), default=2, help="image dimension (default 2)")
     parser.add_argument("--cv", nargs="+", metavar="FOLDS",
-                        help="folds to check: numbers, 'all' (1-3) or 'none' (setup/{train,test}.txt); "
+                        help="folds to check: numbers, 'all' (every cv/set<k>) or 'none' "
+                             "(setup/{train,test}.txt); "
                              "default: every split present")
     parser.add_argument("--landmark-units", choices=("pixel", "physical"),
                         help="what all.csv holds (default: pixel in 2D, physical in 3D)")

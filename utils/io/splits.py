@@ -21,7 +21,15 @@ from utils.io.errors import DataError
 from utils.io.id_list import write_id_list
 from utils.io.landmarks import read_csv_rows
 
-__all__ = ["annotated_image_ids", "cv_splits", "train_test_split", "write_splits"]
+__all__ = ["annotated_image_ids", "cv_folds", "cv_splits", "train_test_split", "write_splits"]
+
+
+def cv_folds(dataset_dir: str | os.PathLike, default: int = 3) -> list[str]:
+    """The cross-validation folds of a dataset folder, "1", "2", ...: its setup/cv/set<k> folders in order,
+    or 1..`default` when it has none yet (a synthetic set still to be generated has 3)."""
+    found = [p.name[3:] for p in (Path(dataset_dir) / "setup" / "cv").glob("set*")
+             if p.is_dir() and p.name[3:].isdigit()]
+    return sorted(found, key=int) or [str(k) for k in range(1, default + 1)]
 
 
 def cv_splits(ids: Sequence[str], folds: int, seed: int) -> list[tuple[list[str], list[str]]]:

@@ -22,6 +22,7 @@ __all__ = [
     "reference_distance_scale",
     "point_errors",
     "landmark_statistics",
+    "identification_counts",
     "format_statistics",
     "summarize_folds",
     "format_fold_table",
@@ -221,6 +222,35 @@ def landmark_statistics(errors: np.ndarray, thresholds: Sequence[float] = (2.0, 
         "num_landmarks": int(errors.shape[1]),
         "per_landmark": per_landmark,
     }
+
+
+def identification_counts(predicted: np.ndarray, target: np.ndarray, scale: np.ndarray | None,
+                          radius_mm: float) -> dict:
+    """How many landmarks are identified: predicted within `radius_mm` of their own true position and
+    closer to it than to any other true landmark of the image (the spine CT identification rate).
+
+    Args:
+        predicted, target: (M, N, dim) landmarks as for `point_errors`, NaN rows = missing.
+        scale: (M,) millimetres per coordinate unit, or None for millimetres.
+        radius_mm: The identification radius in mm (spine: 20).
+
+    Returns:
+        {"radius_mm", "identified", "count" (landmarks with a true position), "percent" (None when count is
+        0)}, plain Python numbers.
+    """
+    if not radius_mm > 0:
+        raise ValueError(f"radius_mm must be positive, got {radius_mm}")
+    own = point_errors(predicted, target, scale)
+    target = _as_landmark_array("target", target)
+    distances = np.linalg.norm(np.asarray(predicted, np.float64)[:, :, None] - target[:, None], axis=-1)
+    if scale is not None:
+        distances = distances * np.asarray(scale, np.float64)[:, None, None]
+    distances[np.isnan(distances)] = np.inf  # a missing true landmark is never the closer one
+    count = int(np.count_nonzero(~np.isnan(target[..., 0])))
+    others = distances + np.where(np.eye(target.shape[1], dtype=bool), np.inf, 0.0)
+    identified = int(np.count_nonzero((own <= radius_mm) & (own < others.min(axis=2))))
+    return {"radius_mm": float(radius_mm), "identified": identified, "count": count,
+            "percent": 100.0 * identified / count if count else None}
 
 
 def _number(value: float | None, width: int = 8) -> str:

@@ -13,7 +13,7 @@ the first few samples (predicted and true landmarks over the network input image
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,7 +25,13 @@ from utils.io.atomic import write_json_atomic, write_text_atomic
 from utils.io.landmarks import write_landmarks_csv
 from utils.landmarks.decode import decode_heatmaps
 from utils.landmarks.plots import plot_error_distribution, plot_heatmaps, plot_landmarks
-from utils.landmarks.statistics import format_statistics, landmark_statistics, point_errors, summarize_folds
+from utils.landmarks.statistics import (
+    format_statistics,
+    identification_counts,
+    landmark_statistics,
+    point_errors,
+    summarize_folds,
+)
 from utils.landmarks.targets import GaussianTargets
 from utils.training.loss import heatmap_l2_loss
 
@@ -44,6 +50,7 @@ class ValidationSampleLike(Protocol):
     transform: Any  # SampleTransform: output_to_input(points), input_to_output(points)
     heatmap_geometry: Any  # Geometry of the heatmap grid in output physical space
     mm_scale: float  # millimetres per physical unit of the original image
+    references: Mapping[str, np.ndarray]  # further ground truths, name -> (N, dim) like `landmarks`
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,10 @@ class Evaluation:
         predicted: (M, N, dim) predicted landmarks, original physical coordinates (x, y[, z]).
         target: (M, N, dim) true landmarks, same coordinates, NaN = missing.
         errors: (M, N) point errors in mm, NaN where the true landmark is missing.
-        stats: `landmark_statistics` of `errors`.
+        stats: `landmark_statistics` of `errors` (with "references": the same for each further ground
+            truth, and "identification": `identification_counts`, when asked for).
+        reference_errors: name -> (M, N) point errors in mm against each further ground truth.
+        thresholds: The outlier thresholds of the statistics, mm.
     """
 
     ids: list[str]
@@ -63,6 +73,8 @@ class Evaluation:
     target: np.ndarray
     errors: np.ndarray
     stats: dict
+    reference_errors: Mapping[str, np.ndarray] = field(default_factory=dict)
+    thresholds: tuple[float, ...] = (2.0, 4.0, 10.0)
 
     def scalars(self) -> dict[str, float | None]:
         """`main_figures` of this test's statistics."""
@@ -122,6 +134,8 @@ def evaluate(
     name: str = "test",
     targets: GaussianTargets | None = None,
     forward: Callable[[np.ndarray], Any] | None = None,
+    thresholds: Sequence[float] = (2.0, 4.0, 10.0),
+    identification_radius: float | None = None,
 ) -> Evaluation:
     """Predicts, scores and writes one test of `network` on the validation samples.
 
@@ -138,6 +152,9 @@ def evaluate(
             term) and the sigmas are added to the statistics ("loss"; "sigmas": N values in heatmap pixels,
             in landmark order, or N lists of per-axis values when anisotropic).
         forward: one forward pass of a batch (see `predict`).
+        thresholds: outlier thresholds, mm.
+        identification_radius: if given, the identification rate at this radius (mm) is added to the
+            statistics ("identification": `identification_counts`).
 
     Returns:
         The predictions, errors and statistics.
@@ -159,7 +176,14 @@ def evaluate(
     target = np.stack([np.asarray(sample.landmarks, dtype=np.float64) for sample in samples])
     scale = np.array([sample.mm_scale for sample in samples], dtype=np.float64)
     errors = point_errors(predicted, target, scale)
-    stats = landmark_statistics(errors)
+    stats = landmark_statistics(errors, thresholds)
+    if identification_radius is not None:
+        stats["identification"] = identification_counts(predicted, target, scale, identification_radius)
+    reference_errors = {name: point_errors(predicted, np.stack([s.references[name] for s in samples]), scale)
+                        for name in samples[0].references}
+    if reference_errors:
+        stats["references"] = {name: landmark_statistics(errors_, thresholds)
+                               for name, errors_ in reference_errors.items()}
     if targets is not None:
         stats["loss"] = validation_loss(heatmaps, samples, targets)
         stats["sigmas"] = keras.ops.convert_to_numpy(targets.sigma).tolist()
@@ -169,7 +193,9 @@ def evaluate(
         {id_: to_csv_units(id_, points) for id_, points in zip(ids, predicted, strict=True)},
     )
     write_json_atomic(folder / "stats.json", stats)
-    write_text_atomic(folder / "stats.txt", format_statistics(stats))
+    write_text_atomic(folder / "stats.txt", format_statistics(stats) + "".join(
+        f"\nagainst the {name} ground truth:\n{format_statistics(other)}"
+        for name, other in stats.get("references", {}).items()))
     if np.any(np.isfinite(errors)):
         plot_error_distribution(folder / "error_distribution.png", {name: errors})
     plot_heatmaps(folder / "heatmaps.png", heatmaps[0])
@@ -181,7 +207,8 @@ def evaluate(
             target=sample.transform.input_to_output(np.asarray(sample.landmarks, dtype=np.float64)),
             title=sample.id,
         )
-    return Evaluation(ids=ids, predicted=predicted, target=target, errors=errors, stats=stats)
+    return Evaluation(ids=ids, predicted=predicted, target=target, errors=errors, stats=stats,
+                      reference_errors=reference_errors, thresholds=tuple(thresholds))
 
 
 def validation_loss(heatmaps: np.ndarray, samples: Sequence[ValidationSampleLike], targets: GaussianTargets,
@@ -238,18 +265,32 @@ def summarize(
     Returns:
         ``{"runs": {name: stats}, "across_runs": summarize_folds(...), "pooled": landmark_statistics of all
         point errors together}``, plus ``"mean_shape_baseline": {"runs": {name: stats}, "pooled": stats}``
-        when `baselines` is given.
+        when `baselines` is given, ``"pooled_references"`` (name -> stats) with further ground truths and
+        ``pooled["identification"]`` when the tests counted it. The outlier thresholds are the tests'.
     """
     stats = [evaluation.stats for evaluation in evaluations.values()]
+    thresholds = next(iter(evaluations.values())).thresholds
     pooled = np.concatenate([evaluation.errors for evaluation in evaluations.values()])
     summary = {
         "runs": {name: evaluation.stats for name, evaluation in evaluations.items()},
         "across_runs": summarize_folds(stats),
-        "pooled": landmark_statistics(pooled),
+        "pooled": landmark_statistics(pooled, thresholds),
     }
+    references = next(iter(evaluations.values())).reference_errors
+    if references:
+        summary["pooled_references"] = {
+            name: landmark_statistics(
+                np.concatenate([e.reference_errors[name] for e in evaluations.values()]), thresholds)
+            for name in references}
+    counts = [e.stats["identification"] for e in evaluations.values() if "identification" in e.stats]
+    if counts:
+        identified, count = sum(c["identified"] for c in counts), sum(c["count"] for c in counts)
+        summary["pooled"]["identification"] = {"radius_mm": counts[0]["radius_mm"], "identified": identified,
+                                               "count": count, "percent": 100.0 * identified / count
+                                               if count else None}
     if baselines is not None:
         summary["mean_shape_baseline"] = {
-            "runs": {name: landmark_statistics(errors) for name, errors in baselines.items()},
-            "pooled": landmark_statistics(np.concatenate(list(baselines.values()))),
+            "runs": {name: landmark_statistics(errors, thresholds) for name, errors in baselines.items()},
+            "pooled": landmark_statistics(np.concatenate(list(baselines.values())), thresholds),
         }
     return summary
