@@ -41,6 +41,7 @@ from utils.transforms.affine import (
     CenterToOrigin,
     FitToOutput,
     OriginToOutputCenter,
+    RandomCrop,
     RandomRotate,
     RandomScale,
     RandomTranslate,
@@ -80,8 +81,10 @@ class DataSpec:
         outlier_thresholds: Point errors (mm) at and above which a landmark counts as an outlier.
         pixel_spacing: Spacing (mm) every image file must carry (an image of another spacing is an error
             that names the file); None: any.
-        image_spacing: Fixed spacing of the network input grid, mm per pixel (the volume is cropped or
-            padded to the grid); None: each image is fitted into the grid.
+        image_spacing: Fixed spacing of the network input grid, mm per pixel: an image keeps its size in mm,
+            training samples are random crops of an image longer than the grid, translation and
+            deformation strengths are in mm, and tests run on the whole image by overlapping tiles; None:
+            each image is fitted into the grid.
         intensity_range: Fixed intensities (lo, hi) mapped to [-1, 1] (cephalograms: 0, 256 = (x - 128) /
             128; CT: -2048, 2048 = HU / 2048); None: the robust range of each image or patch
             (--intensity-normalization).
@@ -90,8 +93,8 @@ class DataSpec:
         intensity_shift: Maximum random intensity shift after the mapping to [-1, 1].
         intensity_scale: Maximum relative random intensity scale change.
         intensity_gamma: Maximum absolute log of a random gamma exponent on the clamped range (MR), or None.
-        augmentation: The kind's spatial augmentation strengths (output pixels, radians, relative factors),
-            over `AUGMENTATION_2D` / `AUGMENTATION_3D`; None: those.
+        augmentation: The kind's spatial augmentation strengths (output pixels, or mm with `image_spacing`;
+            radians, relative factors), over `AUGMENTATION_2D` / `AUGMENTATION_3D`; None: those.
         identification_radius: Radius (mm) of the identification rate (a landmark is identified when its
             prediction is within the radius of its own true position and closer to it than to any other
             true landmark); None: not reported.
@@ -143,7 +146,7 @@ class DataSpec:
 
 
 # The kinds of data (`--data-kind`); sources in REFERENCE.md of the authors' code (`../shared`), README
-# "Kinds of data". Strengths in `augmentation` are output pixels: the authors' millimetres over the spacing.
+# "Kinds of data". Strengths in `augmentation` are mm with a fixed `image_spacing`, else output pixels.
 HAND_XRAY = DataSpec("hand_xray", 2, landmark_units="pixel", ignore_spacing=True, mm_reference=(1, 5, 50.0),
                      num_landmarks=37)
 """Hand radiographs (Digital Hand Atlas): pixel CSV, spacing ignored, landmarks 1 and 5 are 50 mm apart."""
@@ -164,8 +167,8 @@ SPINE_CT = DataSpec(
     image_spacing=2.0,  # 2 mm voxels (their input 96 x 96 x 192)
     intensity_range=(-2048.0, 2048.0), intensity_floor=-1024.0,  # HU / 2048, below -1024 raised to it
     intensity_shift=0.15, intensity_scale=0.15,
-    augmentation={"translation": 10.0, "rotation": 0.2, "scaling": (0.0, 0.1), "deformation_nodes": 5,
-                  "deformation": 7.5},  # +-20 mm, 0.2 rad, per-axis 0.1, 5 nodes of up to 15 mm, at 2 mm
+    augmentation={"translation": 20.0, "rotation": 0.2, "scaling": (0.0, 0.1), "deformation_nodes": 5,
+                  "deformation": 15.0},  # +-20 mm, 0.2 rad, per-axis 0.1, 5 nodes of up to 15 mm
     identification_radius=20.0,
 )
 """Spine CT: 26 vertebrae in mm (NaN = not in the scan), HU intensities, 2 mm voxels."""
@@ -174,14 +177,14 @@ HEART_CT = DataSpec(
     "heart_ct", 3, landmark_units="physical", ignore_spacing=False, mm_reference=None, num_landmarks=1,
     image_spacing=10.0,  # their 32^3 input at 10 mm
     intensity_range=(-2048.0, 2048.0), intensity_floor=-1024.0, intensity_shift=0.2, intensity_scale=0.2,
-    augmentation=_HEART_CHAIN | {"translation": 2.0, "deformation": 1.5},  # +-20 mm, 15 mm at 10 mm
+    augmentation=_HEART_CHAIN | {"translation": 20.0, "deformation": 15.0},  # +-20 mm, 15 mm
 )
 """Heart CT: the heart centre, HU clamped below at -1024, / 2048, random shift and scale +-0.2."""
 HEART_MR = DataSpec(
     "heart_mr", 3, landmark_units="physical", ignore_spacing=False, mm_reference=None, num_landmarks=1,
     image_spacing=12.0,  # their 32^3 input at 12 mm
     intensity_shift=0.6, intensity_scale=0.6, intensity_gamma=0.4,  # robust range, +-0.6, gamma 0.67-1.49
-    augmentation=_HEART_CHAIN | {"translation": 20.0 / 12.0, "deformation": 15.0 / 12.0},
+    augmentation=_HEART_CHAIN | {"translation": 20.0, "deformation": 15.0},
 )
 """Heart MR: the heart centre, robust intensity normalisation, random gamma, shift and scale +-0.6."""
 CUSTOM_2D = DataSpec("custom2d", 2, landmark_units="pixel", ignore_spacing=False, mm_reference=None)
@@ -203,8 +206,8 @@ def kind_spec(kind: str, modality: str | None = None) -> DataSpec:
                          "the others none")
     return DATA_SPECS[f"heart_{modality}" if kind == "heart" else kind]
 
-# Augmentation strengths (output pixels, radians, relative factors). 2D: the hand radiograph setup of the
-# papers; 3D: milder, for volumes resampled to about 64-128 voxels per axis.
+# Augmentation strengths (output pixels, or mm with a fixed output spacing; radians, relative factors). 2D:
+# the hand radiograph setup of the papers; 3D: milder, for volumes resampled to about 64-128 voxels per axis.
 AUGMENTATION_2D = {
     "translation": 10.0,  # maximum random translation, output pixels per axis
     "rotation": 0.2,  # maximum random rotation, radians
@@ -231,22 +234,25 @@ NORMALIZATIONS = {"image": None, "patch": (5.0, 95.0)}
 def spatial_chain(translation: float, rotation: float, scaling: tuple[float, float] | None,
                   deformation_nodes: int, deformation: float, deformation_grid: str = "image",
                   spacing: float | None = None) -> SpatialAugmentation:
-    """The spatial chain: image centre to the origin, fit to the output keeping the aspect ratio (or, with
-    `spacing`, scale to that many mm per output pixel, cropping or padding), random translation (output
-    pixels), rotation (radians) and scaling (relative isotropic, per-axis; None: no scaling step, as in
-    the authors' hand chain), origin to the output centre, then a random B-spline deformation (nodes per
-    axis, output pixels, node layout "image" or "mesh": see
-    `utils.transforms.bspline.RandomBSplineDeformation`). Validation samples take it without its random
-    parts. Edit it to change the chain: `utils.transforms.affine` also has fixed
-    `Translate`, `Rotate`, `Scale`, `Flip` and a `RandomFlip` (which keeps the landmark order: use it only
-    for data whose landmarks have no left/right identity)."""
+    """The spatial chain: image centre to the origin, fit to the output keeping the aspect ratio, random
+    translation (output pixels), rotation (radians) and scaling (relative isotropic, per-axis; None: no
+    scaling step, as in the authors' hand chain), origin to the output centre, then a random B-spline
+    deformation (nodes per axis, output pixels, node layout "image" or "mesh": see
+    `utils.transforms.bspline.RandomBSplineDeformation`). With a fixed `spacing` (mm per output pixel)
+    the image keeps its size in mm instead of being fitted: a random crop first shows any part of an image
+    longer than the grid, translation and deformation are in mm, and the scale to output pixels comes last.
+    Validation samples take it without its random parts. Edit it to change the chain:
+    `utils.transforms.affine` also has fixed `Translate`, `Rotate`, `Scale`, `Flip` and a `RandomFlip`
+    (which keeps the landmark order: use it only for data whose landmarks have no left/right identity)."""
     scale = [] if scaling is None else [RandomScale(*scaling)]
-    fit = FitToOutput(keep_aspect=True) if spacing is None else Scale(1.0 / spacing)
+    random = [RandomTranslate(translation), RandomRotate(rotation), *scale]
+    if spacing is None:
+        steps = [CenterToOrigin(), FitToOutput(keep_aspect=True), *random, OriginToOutputCenter()]
+    else:
+        steps = [CenterToOrigin(), RandomCrop(spacing), *random, Scale(1.0 / spacing), OriginToOutputCenter()]
+        deformation /= spacing
     return SpatialAugmentation(
-        [CenterToOrigin(), fit, RandomTranslate(translation), RandomRotate(rotation), *scale,
-         OriginToOutputCenter()],
-        deformation=RandomBSplineDeformation(deformation_nodes, deformation, deformation_grid),
-    )
+        steps, deformation=RandomBSplineDeformation(deformation_nodes, deformation, deformation_grid))
 
 
 def sample_generator(spec: DataSpec, image_size: Sequence[int], heatmap_size: Sequence[int] | None = None,
@@ -327,12 +333,13 @@ class ImageSamples:
     """Picklable ``make_sample(index, rng)`` over image files, for the loader and for prediction; each process
     holds its own image cache. ``validation=True`` returns {"image", "transform", "geometry" (of the source
     image)} (landmarks may be NaN: unknown), else the training arrays and the id. With several annotations
-    per image (`landmarks` of shape (M, A, N, dim)), a training sample draws one of the A first. An image
-    that fails is reported by id and path."""
+    per image (`landmarks` of shape (M, A, N, dim)), a training sample draws one of the A first. With
+    ``whole=True`` a validation sample covers the whole image (`SampleGenerator.covering`). An image that
+    fails is reported by id and path."""
 
     def __init__(self, ids: list[str], paths: list[Path], landmarks: np.ndarray, generator: SampleGenerator,
-                 spec: DataSpec, cache_bytes: int, validation: bool):
-        self.ids, self.paths, self.generator, self.spec = ids, paths, generator, spec
+                 spec: DataSpec, cache_bytes: int, validation: bool, whole: bool = False):
+        self.ids, self.paths, self.generator, self.spec, self.whole = ids, paths, generator, spec, whole
         self.landmarks = landmarks if landmarks.ndim == 4 else landmarks[:, None]  # (M, A, N, dim)
         self.cache_bytes, self.validation = cache_bytes, validation
         self._cache: LRUCache[SourceImage] | None = None
@@ -353,7 +360,8 @@ class ImageSamples:
             source = self._source(index)
             annotations = self.landmarks[index]
             chosen = 0 if rng is None or len(annotations) == 1 else int(rng.integers(len(annotations)))
-            arrays, transform = self.generator(source, annotations[chosen], rng)
+            generator = self.generator.covering(source.geometry) if self.whole else self.generator
+            arrays, transform = generator(source, annotations[chosen], rng)
         except Exception as error:  # name the image: the loader only knows the sample's index
             path, image_id = self.paths[index], self.ids[index]
             raise DataError(f"image {image_id!r} ({path}): {error}", path=path, image_id=image_id) from error
@@ -464,6 +472,11 @@ class Dataset:
 
         self.output_geometry = self.generator.output
         self.heatmap_geometry = self.generator.heatmap_geometry
+        self.whole_images = spec.image_spacing is not None  # tests on the whole image, by tiles
+        if self.whole_images and self.heatmap_geometry.size != self.output_geometry.size:
+            raise ValueError(f"data kind {spec.name!r} tests on whole images by tiles at its fixed spacing: "
+                             f"that needs heatmaps as large as the input {tuple(image_size)}, got "
+                             f"{tuple(heatmap_size)}")
         self._train_loader: BatchLoader | None = None
 
     # ---------------------------------------------------------------- files
@@ -489,7 +502,8 @@ class Dataset:
 
     def _samples(self, ids: list[str], validation: bool) -> ImageSamples:
         return ImageSamples(ids, [self._paths[i] for i in ids], np.stack([self._landmarks[i] for i in ids]),
-                            self.generator, self.spec, self.cache_bytes, validation)
+                            self.generator, self.spec, self.cache_bytes, validation,
+                            whole=validation and self.whole_images)
 
     # ---------------------------------------------------------------- public
 
@@ -514,7 +528,9 @@ class Dataset:
 
     def validation_samples(self) -> list[ValidationSample]:
         """Each test image once, through the non-random chain (same result every call), in test.txt order.
-        Its landmarks are the spec's main ground truth; the others are in `references`."""
+        Its landmarks are the spec's main ground truth; the others are in `references`. With a fixed output
+        spacing (`whole_images`) each covers its whole image, larger than the network input: predict it by
+        tiles (`utils.landmarks.tiles.predict_tiled`, as `utils.training.evaluation.evaluate` does)."""
         names = list(self.spec.reference_files)
         targets = np.stack([self._references[i][names[0]] for i in self.test_ids])
         scales = self.mm_scales(targets)
@@ -525,7 +541,8 @@ class Dataset:
                 image_id = self.test_ids[index]
                 samples.append(ValidationSample(
                     image_id, batch["image"][0], targets[index], batch["transform"][0],
-                    self.heatmap_geometry, float(scales[index]),
+                    batch["transform"][0].output if self.whole_images else self.heatmap_geometry,
+                    float(scales[index]),
                     {name: self._references[image_id][name] for name in names[1:]}))
         return samples
 

@@ -32,6 +32,7 @@ import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no start-up banner of C++ logs
@@ -45,7 +46,13 @@ from utils.io.atomic import write_json_atomic  # noqa: E402
 from utils.io.errors import DataError  # noqa: E402
 from utils.io.splits import cv_folds  # noqa: E402
 from utils.landmarks.statistics import format_fold_table, landmark_statistics  # noqa: E402
-from utils.synthetic import generate_hand_dataset, generate_volume_dataset  # noqa: E402
+from utils.synthetic import (  # noqa: E402
+    generate_cephalogram_dataset,
+    generate_hand_dataset,
+    generate_heart_dataset,
+    generate_spine_dataset,
+    generate_volume_dataset,
+)
 from utils.training.output import RunFolder, config_to_dict, read_config  # noqa: E402
 from utils.transforms.bspline import BSPLINE_GRIDS  # noqa: E402
 
@@ -133,6 +140,11 @@ class Parameters:
     cv: str = _field("1", "cross-validation fold K (setup/cv/setK); 'all' runs every fold of the dataset, "
                      "'none' uses setup/{train,test}.txt", metavar="K")
     image_size: tuple[int, ...] = _field((128, 128), "network input size in pixels, W H [D]", metavar="N")
+    image_spacing: float | None = _field(
+        None, "fixed spacing of the network input in mm per pixel: images keep their size in mm "
+        "(training: random crops of longer ones; tests: the whole image by overlapping tiles), translation "
+        "and deformation strengths are mm, sigma is in pixels of this spacing; None: the kind's (spine_ct 2, "
+        "heart 10 CT / 12 MR; others fit each image to the input)", type=float, metavar="MM")
     # ---- augmentation (strengths in dataset.py AUGMENTATION_2D / AUGMENTATION_3D) ----
     random_scaling: bool = _field(True, "random scaling in the spatial chain (2D: factors 1 +- 0.1, times "
                                   "1 +- 0.05 per axis; the authors' hand chain has none)")
@@ -225,6 +237,8 @@ class Parameters:
                              f"{self.sigma_regularization}, {self.workers}, {self.cpu_devices}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.image_spacing is not None and not self.image_spacing > 0:
+            raise ValueError(f"--image-spacing must be positive, got {self.image_spacing}")
         if self.spatial_downsampling is not None and self.spatial_downsampling < 1:
             raise ValueError(f"--spatial-downsampling must be at least 1, got {self.spatial_downsampling}")
         if self.heatmap_init is not None and not self.heatmap_init > 0:
@@ -415,7 +429,7 @@ def resolve(preset: str, overrides: dict, network: str | None = None) -> Paramet
     values = dict(PRESETS[preset])
     kind = overrides.get("data_kind", values.get("data_kind"))
     spec = kind_spec(kind, "ct" if kind == "heart" else None) if kind in DATA_KINDS else None
-    if spec is not None:
+    if spec is not None and "dim" not in overrides:
         values["dim"] = spec.dim  # the kind's dimension (--dim, if given, must agree: `data_spec`)
     cpu_3d = preset == "cpu" and overrides.get("dim", values.get("dim")) == 3
     if cpu_3d:
@@ -446,17 +460,33 @@ def folds(params: Parameters) -> list[str]:
 SCRIPTS = tuple(Path(__file__).resolve().with_name(name) for name in ("main.py", "dataset.py", "network.py"))
 
 
-SYNTHETIC_FOLDERS = {2: "data/synthetic_hand", 3: "data/synthetic_volume"}  # the default datasets
+# The phantoms of each kind (`python -m utils.synthetic KIND`): the default dataset of its runs.
+SYNTHETIC_KINDS = {"hand_xray": "hand", "custom3d": "volume", "cephalometric": "cephalometric",
+                   "spine_ct": "spine_ct", "heart_ct": "heart_ct", "heart_mr": "heart_mr"}
+SYNTHETIC_GENERATORS = {"hand": generate_hand_dataset, "volume": generate_volume_dataset,
+                        "cephalometric": generate_cephalogram_dataset, "spine_ct": generate_spine_dataset,
+                        "heart_ct": partial(generate_heart_dataset, modality="ct"),
+                        "heart_mr": partial(generate_heart_dataset, modality="mr")}
+
+
+def _synthetic_kind(params: Parameters) -> str | None:
+    """The phantom kind of the run's data kind (None: no phantom for it)."""
+    return SYNTHETIC_KINDS.get(kind_spec(data_kind(params), params.modality).name)
 
 
 def dataset_folder(params: Parameters) -> Path:
-    """The dataset folder of a run: --dataset, or the default synthetic folder of its dimension."""
-    return Path(params.dataset or SYNTHETIC_FOLDERS[params.dim])
+    """The dataset folder of a run: --dataset, or the default synthetic folder of its kind of data."""
+    if params.dataset:
+        return Path(params.dataset)
+    kind = _synthetic_kind(params)
+    if kind is None:
+        raise ValueError(f"--data-kind {data_kind(params)} has no synthetic phantom yet: give --dataset DIR")
+    return Path(f"data/synthetic_{kind}")
 
 
 def prepare_dataset(params: Parameters) -> Path:
-    """The dataset folder, with the synthetic phantoms generated into it when it is the default folder of its
-    dimension (named or not; or --generate-synthetic is given) and has no images yet.
+    """The dataset folder, with the synthetic phantoms of its kind generated into it when it is the default
+    folder (named or not; or --generate-synthetic is given) and has no images yet.
 
     Raises:
         FileNotFoundError: The folder has no images and is not to get the phantoms: a mistyped path, or real
@@ -466,18 +496,17 @@ def prepare_dataset(params: Parameters) -> Path:
     images = folder / "images"
     if images.is_dir() and any(images.iterdir()):
         return folder
-    kind = "hand" if params.dim == 2 else "volume"
-    default = folder.resolve() == Path(SYNTHETIC_FOLDERS[params.dim]).resolve()
-    if not default and not params.generate_synthetic:
+    kind = _synthetic_kind(params)
+    default = kind is not None and folder.resolve() == Path(f"data/synthetic_{kind}").resolve()
+    if not default and not (params.generate_synthetic and kind):
         what = "does not exist" if not folder.exists() else f"has no images in {images}"
-        raise FileNotFoundError(
-            f"dataset folder {folder} {what}. Put images/<id>.<ext> and setup/ there (see README.md), or for "
-            f"the synthetic phantoms leave out --dataset, add --generate-synthetic, or run "
-            f"python -m utils.synthetic {kind} {folder}")
+        phantoms = (f", or for the synthetic phantoms leave out --dataset, add --generate-synthetic, or run "
+                    f"python -m utils.synthetic {kind} {folder}" if kind else "")
+        raise FileNotFoundError(f"dataset folder {folder} {what}. Put images/<id>.<ext> and setup/ there "
+                                f"(see README.md){phantoms}")
     print(f"{images} has no images: generating {params.synthetic_images} synthetic {kind} images into "
           f"{folder} ...")
-    generate = generate_hand_dataset if params.dim == 2 else generate_volume_dataset
-    generate(folder, num_images=params.synthetic_images, seed=params.seed, progress=True)
+    SYNTHETIC_GENERATORS[kind](folder, num_images=params.synthetic_images, seed=params.seed, progress=True)
     print(f"Synthetic data set written to {folder.resolve()}. To use real data, put images/<id>.mha, "
           "setup/all.csv and setup/cv/set<k>/{train,test}.txt into a folder and pass --dataset FOLDER "
           "(see README.md).")
@@ -490,8 +519,8 @@ def data_kind(params: Parameters) -> str:
 
 
 def data_spec(params: Parameters) -> DataSpec:
-    """The run's `DataSpec`: its kind's, with --landmark-units, --ignore-spacing and --mm-reference for the
-    custom kinds.
+    """The run's `DataSpec`: its kind's, with --image-spacing, and --landmark-units, --ignore-spacing and
+    --mm-reference for the custom kinds.
 
     Raises:
         ValueError: The kind is for the other dimension.
@@ -499,6 +528,8 @@ def data_spec(params: Parameters) -> DataSpec:
     spec = kind_spec(data_kind(params), params.modality)
     if spec.dim != params.dim:
         raise ValueError(f"--data-kind {data_kind(params)} is {spec.dim}D data, but --dim is {params.dim}")
+    if params.image_spacing is not None:
+        spec = dataclasses.replace(spec, image_spacing=params.image_spacing)
     if not spec.name.startswith("custom"):
         return spec
     first, second, mm = params.mm_reference or (None, None, None)

@@ -346,7 +346,9 @@ class BlobAndMirror(keras.layers.Layer):
 
 
 class ShiftScale:
-    """Fake SampleTransform: input = 2 * output + (10, 20)."""
+    """Fake SampleTransform: input = 2 * output + (10, 20), on a 16 x 16 output grid."""
+
+    output = Geometry.grid((16, 16))
 
     def output_to_input(self, points):
         return np.asarray(points) * 2.0 + np.array([10.0, 20.0])

@@ -11,6 +11,7 @@ and the sample's `SampleTransform` (kept to map predictions back) come out.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -85,7 +86,8 @@ def prepare_source(image: sitk.Image, spatial: SpatialAugmentation, output: Geom
     array = sitk.GetArrayViewFromImage(image).astype(np.float32)
     if intensity_floor is not None:
         np.maximum(array, np.float32(intensity_floor), out=array)
-    factor = block_average_factor(spatial.sample(geometry, output, None))
+    factor = min(block_average_factor(spatial.sample(geometry, output, None)), min(geometry.size))  # a block
+    # never exceeds the image (a small image at a coarse fixed spacing)
     reduced, reduced_geometry = block_average(array, geometry, factor)
     lo, hi = robust_range(array) if intensity_range is None else intensity_range
     outside = 0.0 if intensity_floor is None else intensity_floor  # padding: 0, or the floor (CT: air)
@@ -139,6 +141,21 @@ class SampleGenerator:
         self.intensity = intensity
         self.output = output
         self.heatmap_geometry = heatmap_geometry
+
+    def covering(self, geometry: Geometry) -> SampleGenerator:
+        """This sample maker on a grid that covers the whole image of `geometry` under the validation
+        transform: the output grid grown symmetrically about its centre (at least the original size), so
+        that the transform, the output coordinates and the mean shape stay those of the original grid. The
+        heatmaps are on the same grid (for tiled prediction of networks whose heatmaps are as large as
+        their input)."""
+        transform = self.spatial.sample(geometry, self.output, None)
+        corners = np.array(list(itertools.product(*[(-0.5, n - 0.5) for n in geometry.size])))
+        reach = np.abs(transform.input_to_output(geometry.index_to_physical(corners)) - self.output.center)
+        size = np.maximum(np.ceil(2.0 * reach.max(axis=0)).astype(int), self.output.size)
+        size += (size - np.asarray(self.output.size)) % 2  # the same centre: grow by an even count
+        origin = self.output.center - (size - 1) / 2.0
+        grid = Geometry.grid(tuple(int(n) for n in size), self.output.spacing, tuple(map(float, origin)))
+        return SampleGenerator(self.spatial, self.intensity, grid, grid, self.patch_percentiles)
 
     def __call__(
         self, source: SourceImage, landmarks: np.ndarray, rng: np.random.Generator | None

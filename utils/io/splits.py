@@ -68,8 +68,9 @@ def train_test_split(ids: Sequence[str], test_fraction: float, seed: int) -> tup
     return [i for k, i in enumerate(ids) if k not in test], [i for k, i in enumerate(ids) if k in test]
 
 
-def annotated_image_ids(dataset_dir: str | os.PathLike) -> list[str]:
-    """Ids listed in `DIR/setup/all.csv` that also have an image in `DIR/images/`, in CSV order.
+def annotated_image_ids(dataset_dir: str | os.PathLike, annotation: str = "all.csv") -> list[str]:
+    """Ids listed in `DIR/setup/all.csv` (or another `annotation` file there) that also have an image in
+    `DIR/images/`, in CSV order.
 
     Raises:
         FileNotFoundError: `DIR/setup/all.csv` does not exist.
@@ -77,7 +78,7 @@ def annotated_image_ids(dataset_dir: str | os.PathLike) -> list[str]:
             id has an image.
     """
     dataset_dir = Path(dataset_dir)
-    csv_path = dataset_dir / "setup" / "all.csv"
+    csv_path = dataset_dir / "setup" / annotation
     image_dir = dataset_dir / "images"
     files = image_dir.iterdir() if image_dir.is_dir() else ()
     stems = {path.name.split(".")[0] for path in files if path.is_file()}
@@ -97,7 +98,7 @@ def annotated_image_ids(dataset_dir: str | os.PathLike) -> list[str]:
 
 def write_splits(
     dataset_dir: str | os.PathLike, folds: int = 3, test_fraction: float = 1 / 3, seed: int = 0,
-    overwrite: bool = False,
+    overwrite: bool = False, annotation: str = "all.csv",
 ) -> list[str]:
     """Writes `setup/cv/set<k>/{train,test}.txt` and `setup/{train,test}.txt` for the annotated images.
 
@@ -107,6 +108,7 @@ def write_splits(
         test_fraction: Share of the ids in `setup/test.txt`.
         seed: Seed of the random assignment.
         overwrite: Replace split files that exist; False: refuse, before anything is written.
+        annotation: The annotation file in setup/ that lists the annotated ids.
 
     Returns:
         The ids that were split.
@@ -115,7 +117,7 @@ def write_splits(
         FileExistsError: A split file exists and `overwrite` is False (names every such file).
     """
     dataset_dir = Path(dataset_dir)
-    ids = annotated_image_ids(dataset_dir)
+    ids = annotated_image_ids(dataset_dir, annotation)
     setup = dataset_dir / "setup"
     lists = {}
     for k, (train, test) in enumerate(cv_splits(ids, folds, seed), start=1):

@@ -1,15 +1,32 @@
-"""Phantom data sets with known ground truth, generated deterministically from a seed: 2D hand radiographs
-with the 37 landmarks of the Digital Hand Atlas (same order) and 3D CT-like torso volumes with 10 vertebra
-landmarks. Command line: `python -m utils.synthetic {hand,volume} OUT_DIR [--seed S] [--num-images N]`."""
+"""Phantom data sets with known ground truth, generated deterministically from a seed, one per kind of data:
+2D hand radiographs with the 37 landmarks of the Digital Hand Atlas (same order), 2D cephalograms with the 19
+ISBI 2015 landmarks and two annotators, 3D CT-like torso volumes with 10 vertebra landmarks, long spine CTs
+with 26 vertebrae (many outside each scan), and 3D chest CT or MR volumes with the heart's centre. Command
+line: `python -m utils.synthetic KIND OUT_DIR [--seed S] [--num-images N]`."""
 
+from utils.synthetic.cephalogram import (
+    CEPHALOMETRIC_LANDMARKS,
+    generate_cephalogram_dataset,
+    render_cephalogram,
+)
 from utils.synthetic.hand import LANDMARK_NAMES, generate_hand_dataset, render_hand
+from utils.synthetic.heart import generate_heart_dataset, render_heart
+from utils.synthetic.spine import NUM_SPINE_LANDMARKS, generate_spine_dataset, render_spine
 from utils.synthetic.volume import NUM_VERTEBRA_LANDMARKS, generate_volume_dataset, render_volume
 
 __all__ = [
+    "CEPHALOMETRIC_LANDMARKS",
     "LANDMARK_NAMES",
+    "NUM_SPINE_LANDMARKS",
     "NUM_VERTEBRA_LANDMARKS",
+    "generate_cephalogram_dataset",
     "generate_hand_dataset",
+    "generate_heart_dataset",
+    "generate_spine_dataset",
     "generate_volume_dataset",
+    "render_cephalogram",
     "render_hand",
+    "render_heart",
+    "render_spine",
     "render_volume",
 ]

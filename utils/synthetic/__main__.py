@@ -3,6 +3,12 @@ setup/train.txt, setup/test.txt).
 
     python -m utils.synthetic hand data/hand_synthetic --num-images 60 --seed 0
     python -m utils.synthetic volume data/volume_synthetic --num-images 30 --size 64 64 96
+    python -m utils.synthetic cephalometric data/synthetic_cephalometric     # three annotation CSVs
+    python -m utils.synthetic spine_ct data/synthetic_spine_ct               # 26 vertebrae, long volumes
+    python -m utils.synthetic heart_ct data/synthetic_heart_ct               # or heart_mr
+
+KIND is the name of the --data-kind it is for (hand = hand_xray, volume = custom3d; heart_ct and heart_mr are
+--data-kind heart with --modality ct or mr).
 """
 
 from __future__ import annotations
@@ -11,8 +17,15 @@ import argparse
 import time
 from collections.abc import Sequence
 
+from utils.synthetic.cephalogram import generate_cephalogram_dataset
 from utils.synthetic.hand import generate_hand_dataset
+from utils.synthetic.heart import generate_heart_dataset
+from utils.synthetic.spine import generate_spine_dataset
 from utils.synthetic.volume import generate_volume_dataset
+
+KINDS = ("hand", "hand_xray", "volume", "custom3d", "cephalometric", "spine_ct", "heart_ct", "heart_mr")
+DEFAULT_IMAGES = {"hand": 60, "volume": 30, "cephalometric": 60, "spine_ct": 40, "heart_ct": 60,
+                  "heart_mr": 60}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -22,11 +35,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("kind", choices=("hand", "volume"), help="2D hand radiographs or 3D torso volumes")
+    parser.add_argument("kind", choices=KINDS, help="2D hand radiographs (hand_xray), 3D torso volumes "
+                        "(custom3d), 2D cephalograms, spine CTs, 3D chest CT or MR")
     parser.add_argument("out_dir", help="data set folder to create (must not exist)")
     parser.add_argument("--seed", type=int, default=0, help="seed of all random draws (default 0)")
     parser.add_argument(
-        "--num-images", type=int, default=None, help="number of images (default: hand 60, volume 30)"
+        "--num-images", type=int, default=None,
+        help="number of images (default: " + ", ".join(f"{k} {n}" for k, n in DEFAULT_IMAGES.items()) + ")"
     )
     parser.add_argument(
         "--pixels-per-mm",
@@ -45,16 +60,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    if args.kind == "hand":
-        ids = generate_hand_dataset(
-            args.out_dir, args.num_images or 60, args.seed, args.pixels_per_mm, progress=not args.quiet
-        )
+    kind = {"hand_xray": "hand", "custom3d": "volume"}.get(args.kind, args.kind)
+    count, progress = args.num_images or DEFAULT_IMAGES[kind], not args.quiet
+    if kind == "hand":
+        ids = generate_hand_dataset(args.out_dir, count, args.seed, args.pixels_per_mm, progress=progress)
+    elif kind == "volume":
+        ids = generate_volume_dataset(args.out_dir, count, args.seed, tuple(args.size), progress=progress)
+    elif kind == "cephalometric":
+        ids = generate_cephalogram_dataset(args.out_dir, count, args.seed, progress=progress)
+    elif kind == "spine_ct":
+        ids = generate_spine_dataset(args.out_dir, count, args.seed, progress=progress)
     else:
-        ids = generate_volume_dataset(
-            args.out_dir, args.num_images or 30, args.seed, tuple(args.size), progress=not args.quiet
-        )
+        ids = generate_heart_dataset(args.out_dir, kind[-2:], count, args.seed, progress=progress)
     print(
-        f"wrote {len(ids)} {args.kind} images ({ids[0]} .. {ids[-1]}), setup/all.csv and 3-fold + train/test "
+        f"wrote {len(ids)} {kind} images ({ids[0]} .. {ids[-1]}), setup/all.csv and 3-fold + train/test "
         f"splits to {args.out_dir} in {time.perf_counter() - start:.1f} s"
     )
 

@@ -31,7 +31,7 @@ PROGRESS_EVERY_S = 5.0  # seconds between two progress lines
 
 def write_dataset(
     out_dir: str | os.PathLike,
-    render: Callable[[np.random.Generator], tuple[sitk.Image, np.ndarray]],
+    render: Callable[[np.random.Generator], tuple[sitk.Image, np.ndarray | dict[str, np.ndarray]]],
     prefix: str,
     num_images: int,
     seed: int,
@@ -45,7 +45,8 @@ def write_dataset(
 
     Args:
         out_dir: the data set folder; it must not exist yet.
-        render: draws one sample from a generator: (image, (N, dim) landmarks as written to all.csv).
+        render: draws one sample from a generator: (image, (N, dim) landmarks as written to all.csv), or
+            (image, {CSV file name: (N, dim) landmarks}) for several annotation files.
         prefix: id prefix; ids are f"{prefix}_{k:04d}".
         num_images: number of samples, at least 3 (one per cross-validation fold).
         seed: the seed of all draws.
@@ -67,18 +68,21 @@ def write_dataset(
     if temporary.exists():
         shutil.rmtree(temporary)
     ids = [f"{prefix}_{k:04d}" for k in range(num_images)]
-    landmarks = {}
+    landmarks: dict[str, dict[str, np.ndarray]] = {}  # CSV file name -> id -> points
     start = time.perf_counter()
     reported = 0.0
     for k, image_id in enumerate(ids):
         image, points = render(np.random.default_rng([seed, k]))
         write_image(image, temporary / "images" / f"{image_id}.mha")
-        landmarks[image_id] = points
+        for name, table in (points if isinstance(points, dict) else {"all.csv": points}).items():
+            landmarks.setdefault(name, {})[image_id] = table
         elapsed = time.perf_counter() - start
         if progress and (elapsed >= reported + PROGRESS_EVERY_S or k + 1 == num_images):
             print(f"[{k + 1}/{num_images}] {image_id}.mha {elapsed:.1f} s", file=sys.stderr, flush=True)
             reported = elapsed
-    write_landmarks_csv(temporary / "setup" / "all.csv", landmarks)
-    write_splits(temporary, folds=CV_FOLDS, test_fraction=TEST_FRACTION, seed=seed)
+    for name, table in landmarks.items():
+        write_landmarks_csv(temporary / "setup" / name, table)
+    write_splits(temporary, folds=CV_FOLDS, test_fraction=TEST_FRACTION, seed=seed,
+                 annotation=next(iter(landmarks)))
     temporary.rename(out_dir)
     return ids

@@ -24,7 +24,7 @@ from scipy.spatial.transform import Rotation
 
 from utils.synthetic.layout import write_dataset
 
-__all__ = ["NUM_VERTEBRA_LANDMARKS", "generate_volume_dataset", "render_volume"]
+__all__ = ["NUM_VERTEBRA_LANDMARKS", "Canvas", "generate_volume_dataset", "render_volume"]
 
 NUM_VERTEBRA_LANDMARKS = 10
 
@@ -64,7 +64,7 @@ BLUR_VOXELS = (0.4, 0.8)
 EDGE_MM = 1.0  # width of the soft edge of every structure
 
 
-class _Canvas:
+class Canvas:
     """A volume painted back to front: each structure replaces what lies below it, with a soft edge.
 
     Args:
@@ -176,7 +176,7 @@ def render_volume(
         name: value + rng.normal(0.0, INTENSITY_JITTER)
         for name, value in {"fat": FAT, "muscle": MUSCLE, "lung": LUNG, "disc": DISC}.items()
     }
-    canvas = _Canvas(size, spacing, origin, AIR)
+    canvas = Canvas(size, spacing, origin, AIR)
     torso = np.array(TORSO_SEMI_AXES_MM) * scale * rng.normal(1.0, 0.05, 2)
     canvas.elliptic_cylinder(place((0, 0, 0)), pose, torso, values["fat"])
     canvas.elliptic_cylinder(place((0, 0, 0)), pose, torso - FAT_MM * scale, values["muscle"])

@@ -33,10 +33,12 @@ from utils.landmarks.statistics import (
     summarize_folds,
 )
 from utils.landmarks.targets import GaussianTargets
+from utils.landmarks.tiles import predict_tiled
 from utils.training.loss import heatmap_l2_loss
 
 __all__ = [
-    "Evaluation", "evaluate", "main_figures", "mean_shape_errors", "predict", "summarize", "to_original",
+    "Evaluation", "evaluate", "main_figures", "mean_shape_errors", "predict", "predict_samples", "summarize",
+    "to_original",
     "validation_loss",
 ]
 
@@ -47,7 +49,7 @@ class ValidationSampleLike(Protocol):
     id: str
     image: np.ndarray  # ([z,] y, x, 1) network input
     landmarks: np.ndarray  # (N, dim) true landmarks, original physical coordinates, NaN = missing
-    transform: Any  # SampleTransform: output_to_input(points), input_to_output(points)
+    transform: Any  # SampleTransform: output_to_input(points), input_to_output(points), output grid
     heatmap_geometry: Any  # Geometry of the heatmap grid in output physical space
     mm_scale: float  # millimetres per physical unit of the original image
     references: Mapping[str, np.ndarray]  # further ground truths, name -> (N, dim) like `landmarks`
@@ -89,11 +91,13 @@ def main_figures(stats: Mapping) -> dict[str, float | None]:
 
     Returns:
         {"pe_mean", "pe_median", "ipe_mean", "outliers_<t>mm_percent" per threshold t}: values in mm or %;
-        with "loss" when the test computed the validation loss.
+        with "loss" when the test computed the validation loss, "identification_percent" when it counted it.
     """
     figures = {key: stats[key] for key in ("pe_mean", "pe_median", "ipe_mean", "loss") if key in stats}
     for threshold, percent in stats["outlier_percent"].items():
         figures[f"outliers_{threshold}mm_percent"] = percent
+    if "identification" in stats:
+        figures["identification_percent"] = stats["identification"]["percent"]
     return figures
 
 
@@ -116,6 +120,21 @@ def predict(network: keras.Model, images: np.ndarray, batch_size: int = 8,
         for start in range(0, len(images), batch_size)
     ]
     return np.concatenate(parts)
+
+
+def predict_samples(network: keras.Model, images: Sequence[np.ndarray], batch_size: int = 8,
+                    forward: Callable[[np.ndarray], Any] | None = None) -> list[np.ndarray]:
+    """Heatmaps of images of the network's input size (in batches) or larger (whole images at a fixed
+    spacing: by overlapping tiles of the input size, `utils.landmarks.tiles.predict_tiled`).
+
+    Returns:
+        One ([z,] y, x, N) float32 array per image.
+    """
+    tile = tuple(network.input.shape[1:-1])
+    if all(image.shape[:-1] == tile for image in images):
+        return list(predict(network, np.stack(images), batch_size, forward))
+    return [predict_tiled(image, tile, lambda tiles: predict(network, tiles, batch_size, forward),
+                          batch_size=batch_size) for image in images]
 
 
 def to_original(points: np.ndarray, transform: Any, heatmap_geometry: Any) -> np.ndarray:
@@ -141,7 +160,8 @@ def evaluate(
 
     Args:
         network: heatmap network.
-        samples: validation samples (see `ValidationSampleLike`); their images must share one shape.
+        samples: validation samples (see `ValidationSampleLike`): of the network's input size, or larger
+            (whole images at a fixed spacing, predicted by overlapping tiles).
         folder: the test folder ``iter_<n>`` (created).
         to_csv_units: ``to_csv_units(id, points)`` converts (N, dim) original physical coordinates into the
             units of the dataset's landmark CSV (e.g. pixel indices), for ``prediction.csv``.
@@ -149,8 +169,9 @@ def evaluate(
         num_plots: number of samples drawn with their predicted and true landmarks.
         name: label of the error-distribution curve.
         targets: the model's target renderer: if given, the validation loss (the training loss's heatmap
-            term) and the sigmas are added to the statistics ("loss"; "sigmas": N values in heatmap pixels,
-            in landmark order, or N lists of per-axis values when anisotropic).
+            term; not for whole images larger than the input) and the sigmas are added to the statistics
+            ("loss"; "sigmas": N values in heatmap pixels, in landmark order, or N lists of per-axis values
+            when anisotropic).
         forward: one forward pass of a batch (see `predict`).
         thresholds: outlier thresholds, mm.
         identification_radius: if given, the identification rate at this radius (mm) is added to the
@@ -166,7 +187,7 @@ def evaluate(
     if not samples:
         raise ValueError(f"no validation samples to evaluate for {folder}")
     folder = Path(folder)
-    heatmaps = predict(network, np.stack([sample.image for sample in samples]), batch_size, forward)
+    heatmaps = predict_samples(network, [sample.image for sample in samples], batch_size, forward)
     predicted = np.stack(
         [
             to_original(decode_heatmaps(maps)[0], sample.transform, sample.heatmap_geometry)
@@ -185,7 +206,8 @@ def evaluate(
         stats["references"] = {name: landmark_statistics(errors_, thresholds)
                                for name, errors_ in reference_errors.items()}
     if targets is not None:
-        stats["loss"] = validation_loss(heatmaps, samples, targets)
+        if all(maps.shape[:-1] == tuple(targets.shape) for maps in heatmaps):  # not for whole images
+            stats["loss"] = validation_loss(np.stack(heatmaps), samples, targets)
         stats["sigmas"] = keras.ops.convert_to_numpy(targets.sigma).tolist()
     ids = [sample.id for sample in samples]
     write_landmarks_csv(
@@ -200,11 +222,13 @@ def evaluate(
         plot_error_distribution(folder / "error_distribution.png", {name: errors})
     plot_heatmaps(folder / "heatmaps.png", heatmaps[0])
     for sample, points in zip(samples[:num_plots], predicted, strict=False):
-        plot_landmarks(
+        grid = sample.transform.output  # output physical -> the image's pixels (a whole image's grid is
+        plot_landmarks(  # not at the origin)
             folder / f"landmarks_{sample.id}.png",
             sample.image[..., 0],
-            predicted=sample.transform.input_to_output(points),
-            target=sample.transform.input_to_output(np.asarray(sample.landmarks, dtype=np.float64)),
+            predicted=grid.physical_to_index(sample.transform.input_to_output(points)),
+            target=grid.physical_to_index(
+                sample.transform.input_to_output(np.asarray(sample.landmarks, dtype=np.float64))),
             title=sample.id,
         )
     return Evaluation(ids=ids, predicted=predicted, target=target, errors=errors, stats=stats,

@@ -17,8 +17,8 @@ import numpy as np
 
 from utils.transforms.geometry import Geometry
 
-__all__ = ["AffineStep", "CenterToOrigin", "FitToOutput", "Flip", "OriginToOutputCenter", "RandomFlip",
-           "RandomRotate", "RandomScale", "RandomTranslate", "Rotate", "Scale", "Translate"]
+__all__ = ["AffineStep", "CenterToOrigin", "FitToOutput", "Flip", "OriginToOutputCenter", "RandomCrop",
+           "RandomFlip", "RandomRotate", "RandomScale", "RandomTranslate", "Rotate", "Scale", "Translate"]
 
 
 class AffineStep(Protocol):
@@ -160,6 +160,28 @@ class Translate:
 
     def __call__(self, input: Geometry, output: Geometry, rng: np.random.Generator | None) -> np.ndarray:
         return _translation(_per_axis(self.offset, input.dim, "offset", "Translate"))
+
+
+class RandomCrop:
+    """Random translation that lets a training sample show any part of an input longer than the output grid
+    (a spine CT longer than the network input): uniform per axis within +-(input extent - output extent) / 2,
+    0 along an axis where the input fits; identity when rng is None (the centre, for validation). Place after
+    `CenterToOrigin`, while the chain is still in the input's physical units (mm).
+
+    Args:
+        spacing: The output grid's fixed spacing, physical units (mm) per output pixel.
+    """
+
+    def __init__(self, spacing: float) -> None:
+        if not spacing > 0:
+            raise ValueError(f"RandomCrop: spacing must be positive, got {spacing!r}")
+        self.spacing = float(spacing)
+
+    def __call__(self, input: Geometry, output: Geometry, rng: np.random.Generator | None) -> np.ndarray:
+        if rng is None:
+            return np.eye(input.dim + 1)
+        room = np.maximum(_bounding_extent(input) - np.asarray(output.size) * self.spacing, 0.0) / 2.0
+        return _translation(rng.uniform(-room, room))
 
 
 class RandomTranslate:
