@@ -106,9 +106,9 @@ class Parameters:
     """The experiment parameters. Coordinates and sizes are in (x, y[, z]) order; units are in the help."""
 
     # ---- I/O ----
-    dataset: str | None = _field(None, "dataset folder (images/, setup/); None: the synthetic phantoms in "
-                                 "data/synthetic_hand (2D) or data/synthetic_volume (3D), generated on the "
-                                 "first run", metavar="DIR")
+    dataset: str | None = _field(None, "dataset folder (images/, setup/); None: the synthetic phantoms of "
+                                 "the data kind in data/synthetic_<kind> (hand in 2D, volume in 3D), "
+                                 "generated on the first run", metavar="DIR")
     output: str = _field("output", "experiment output folder (one subfolder per network and fold)",
                          metavar="DIR")
     save_debug_images: bool = _field(False, "write the first training batch (inputs as .mha and PNG with "
@@ -125,7 +125,8 @@ class Parameters:
         "spacing ignored, mm from landmarks 1 and 5 = 50 mm), cephalometric (ISBI 2015: mm on 0.1 mm pixels, "
         "two annotators), spine_ct (mm, HU, 2 mm voxels, identification rate), heart (with --modality), "
         "custom2d / custom3d (yours: --landmark-units, --ignore-spacing, --mm-reference); it also sets --dim "
-        "and --num-landmarks; None: hand_xray in 2D, custom3d in 3D", choices=DATA_KINDS)
+        "and --num-landmarks; None: hand_xray for the synthetic hands (no --dataset), else custom2d or 3d",
+        choices=DATA_KINDS)
     modality: str | None = _field(None, "--data-kind heart only: mr or ct (intensities of each)",
                                   choices=("mr", "ct"))
     landmark_units: str | None = _field(None, "custom kinds only: what setup/all.csv holds, pixel (indices) "
@@ -501,7 +502,8 @@ def prepare_dataset(params: Parameters) -> Path:
     if not default and not (params.generate_synthetic and kind):
         what = "does not exist" if not folder.exists() else f"has no images in {images}"
         phantoms = (f", or for the synthetic phantoms leave out --dataset, add --generate-synthetic, or run "
-                    f"python -m utils.synthetic {kind} {folder}" if kind else "")
+                    f"python -m utils.synthetic {kind} {folder}" if kind else
+                    f"; --data-kind {data_kind(params)} has no synthetic phantoms (the other kinds have)")
         raise FileNotFoundError(f"dataset folder {folder} {what}. Put images/<id>.<ext> and setup/ there "
                                 f"(see README.md){phantoms}")
     print(f"{images} has no images: generating {params.synthetic_images} synthetic {kind} images into "
@@ -514,8 +516,12 @@ def prepare_dataset(params: Parameters) -> Path:
 
 
 def data_kind(params: Parameters) -> str:
-    """The run's kind of data: --data-kind, else hand_xray in 2D and custom3d in 3D."""
-    return params.data_kind or ("hand_xray" if params.dim == 2 else "custom3d")
+    """The run's kind of data: --data-kind; else hand_xray for the synthetic hands (2D without --dataset),
+    custom2d / custom3d otherwise: a data set of yours is never scored in hand-atlas millimetres unless you
+    say so."""
+    if params.data_kind:
+        return params.data_kind
+    return "hand_xray" if params.dim == 2 and not params.dataset else f"custom{params.dim}d"
 
 
 def data_spec(params: Parameters) -> DataSpec:
@@ -720,6 +726,21 @@ def describe(stats: dict) -> str:
     )
 
 
+def describe_kind(spec: DataSpec) -> str:
+    """One line on what the data is taken to be: "data kind custom2d: pixel CSV, errors in mm from the files'
+    spacing"."""
+    if spec.mm_reference is not None:
+        first, second, distance = spec.mm_reference
+        units = f"errors in mm from landmarks {first} and {second} = {distance:g} mm"
+    elif spec.ignore_spacing:
+        units = "spacing ignored: errors in pixels"
+    else:
+        units = "errors in mm from the files' spacing"
+    grid = f", input at {spec.image_spacing:g} mm per pixel" if spec.image_spacing else ""
+    files = f", annotations {' / '.join(spec.annotations)}" if len(spec.annotations) > 1 else ""
+    return f"data kind {spec.name}: {spec.landmark_units} CSV, {units}{grid}{files} (--data-kind)"
+
+
 def start_replicas(params: Parameters) -> Replicas:
     """The run's device set-up (--cpu-devices, --distribute), made before TensorFlow places anything: it
     fixes its logical devices and collective ops at its first operation."""
@@ -766,6 +787,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                  "run or written. Fix them and run again (--check checks without training).")
     if check_only:
         return {}
+    print(describe_kind(data_spec(experiment)))
     results: dict[str, dict[str, Evaluation]] = {}
     baselines: dict[str, dict[str, np.ndarray]] = {}
     for params, run in runs:

@@ -102,7 +102,8 @@ def test_a_checkpoint_written_under_the_strategy_resumes_without_it(tmp_path):
 
     data = tmp_path / "hands"
     generate_hand_dataset(data, num_images=12, seed=1, pixels_per_mm=1.5)
-    common = ["main.py", "--dataset", str(data), "--image-size", "32", "32", "--num-filters", "4",
+    common = ["main.py", "--dataset", str(data), "--data-kind", "hand_xray", "--image-size", "32", "32",
+              "--num-filters", "4",
               "--batch-size", "4", "--test-iter", "2", "--snapshot-iter", "2"]
     plain = _run([*common, "--output", str(tmp_path / "plain"), "--max-iter", "4"])
     assert plain.returncode == 0, plain.stderr[-3000:]
@@ -134,7 +135,8 @@ def test_two_worker_processes_train_as_one_process_does(tmp_path):
 
     data = tmp_path / "hands"
     generate_hand_dataset(data, num_images=12, seed=1, pixels_per_mm=1.5)
-    common = ["main.py", "--dataset", str(data), "--image-size", "32", "32", "--num-filters", "4",
+    common = ["main.py", "--dataset", str(data), "--data-kind", "hand_xray", "--image-size", "32", "32",
+              "--num-filters", "4",
               "--batch-size", "4", "--max-iter", "3", "--test-iter", "3", "--snapshot-iter", "3"]
     plain = _run([*common, "--output", str(tmp_path / "plain")])
     assert plain.returncode == 0, plain.stderr[-3000:]

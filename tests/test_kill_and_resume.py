@@ -19,7 +19,8 @@ from utils.training.loop import Schedule, train
 from utils.training.output import RunFolder
 
 ROOT = Path(main.__file__).parent
-RUN = ["--image-size", "32", "32", "--num-filters", "4", "--batch-size", "2", "--max-iter", "60",
+RUN = ["--data-kind", "hand_xray",
+       "--image-size", "32", "32", "--num-filters", "4", "--batch-size", "2", "--max-iter", "60",
        "--test-iter", "60", "--snapshot-iter", "20", "--seed", "3"]  # fmt: skip
 
 

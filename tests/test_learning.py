@@ -21,6 +21,7 @@ NUM_LANDMARKS = 37
 LEARNING = {
     "pixels_per_mm": 1.5,  # about 300 x 450 px radiographs: fast to write and to read
     "options": [
+        "--data-kind", "hand_xray",
         "--image-size", "96", "96", "--num-filters", "16", "--batch-size", "8", "--optimizer", "adam",
         "--learning-rate", "3e-4", "--max-iter", "400", "--test-iter", "400", "--snapshot-iter", "400",
     ],
@@ -63,7 +64,8 @@ def test_short_training_on_real_radiographs_predicts_every_landmark(hand_data_di
     output = tmp_path / "output"
     main.main(
         [
-            "--dataset", str(hand_data_dir), "--output", str(output), "--cv", "none",
+            "--dataset", str(hand_data_dir), "--data-kind", "hand_xray", "--output", str(output),
+            "--cv", "none",
             "--image-size", "64", "64", "--num-filters", "4", "--batch-size", "2",
             "--max-iter", "10", "--test-iter", "10", "--snapshot-iter", "10",
         ]

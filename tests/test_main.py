@@ -222,6 +222,8 @@ def test_dataset_folder_with_setup_but_no_images_is_an_error(tmp_path):
     (tmp_path / "setup").mkdir()
     (tmp_path / "setup" / "all.csv").write_text("")
     with pytest.raises(FileNotFoundError, match="has no images in .*--generate-synthetic"):
+        main.prepare_dataset(Parameters(dataset=str(tmp_path), data_kind="hand_xray"))
+    with pytest.raises(FileNotFoundError, match="--data-kind custom2d has no synthetic phantoms"):
         main.prepare_dataset(Parameters(dataset=str(tmp_path)))
 
 
@@ -234,7 +236,8 @@ def test_naming_the_default_synthetic_folder_generates_it(tmp_path, monkeypatch)
 
 def test_a_mistyped_dataset_path_is_an_error_before_anything_is_written(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main.main(["--dataset", str(tmp_path / "hand_xray_datset"), "--output", str(tmp_path / "out")])
+        main.main(["--dataset", str(tmp_path / "hand_xray_datset"), "--data-kind", "hand_xray", "--output",
+                   str(tmp_path / "out")])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "hand_xray_datset does not exist" in error and "python -m utils.synthetic hand" in error
@@ -265,7 +268,8 @@ def test_dataset_problems_are_all_reported_before_any_output_folder(tmp_path, ca
 
 
 TINY = [
-    "--synthetic-images", "8", "--generate-synthetic", "--image-size", "32", "32", "--num-filters", "4",
+    "--data-kind", "hand_xray", "--synthetic-images", "8", "--generate-synthetic",
+    "--image-size", "32", "32", "--num-filters", "4",
     "--batch-size", "2", "--max-iter", "4", "--test-iter", "2", "--snapshot-iter", "2", "--test-at-start",
 ]  # fmt: skip
 

@@ -32,7 +32,8 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("predict")
     data = folder / "hands"
     generate_hand_dataset(data, num_images=16, seed=1, pixels_per_mm=1.5)
-    main.main(["--dataset", str(data), "--output", str(folder / "output"), "--image-size", "64", "64",
+    main.main(["--dataset", str(data), "--data-kind", "hand_xray", "--output", str(folder / "output"),
+               "--image-size", "64", "64",
                "--num-filters", "4", "--batch-size", "4", "--max-iter", "4", "--test-iter", "4",
                "--snapshot-iter", "4", "--coverage", "0.5"])
     (run,) = (folder / "output" / "scn_cv1").iterdir()
