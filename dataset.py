@@ -54,15 +54,15 @@ from utils.transforms.spatial import SampleTransform, SpatialAugmentation
 
 __all__ = ["AUGMENTATION_2D", "AUGMENTATION_3D", "CEPHALOMETRIC", "CUSTOM_2D", "CUSTOM_3D", "DATA_KINDS",
            "DATA_SPECS", "HAND_XRAY", "HEART_CT", "HEART_MR", "NORMALIZATIONS", "SPINE_CT", "DataSpec",
-           "Dataset", "ImageSamples", "ValidationSample", "csv_units", "kind_spec", "sample_generator",
-           "spatial_chain"]
+           "Dataset", "ImageSamples", "ValidationSample", "check_pixel_spacing", "csv_units", "kind_spec",
+           "sample_generator", "spatial_chain"]
 
 
 @dataclass(frozen=True)
 class DataSpec:
     """What the data of a dataset folder is: its annotation files and their units, the trust in the spacing,
     how millimetres are defined, the intensities and the output grid's spacing. One per kind of data
-    (`DATA_KINDS`); `--data-kind` picks it and a run's config.json records its name.
+    (`DATA_KINDS`); `--data-kind` picks it, and a run's export records it whole (``predict.json``).
 
     Attributes:
         name: The spec's name.
@@ -120,6 +120,14 @@ class DataSpec:
     identification_radius: float | None = None
 
     def __post_init__(self) -> None:
+        def tuples(value):  # JSON gives lists back (an export's spec): the same spec, whatever the source
+            return tuple(tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+        for name in ("mm_reference", "annotations", "outlier_thresholds", "intensity_range"):
+            object.__setattr__(self, name, tuples(getattr(self, name)))
+        for name in ("references", "augmentation"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, {k: tuples(v) for k, v in getattr(self, name).items()})
         if self.landmark_units not in ("pixel", "physical"):
             raise ValueError(f"DataSpec {self.name!r}: landmark_units must be 'pixel' or 'physical', "
                              f"got {self.landmark_units!r}")
@@ -169,6 +177,7 @@ SPINE_CT = DataSpec(
     intensity_shift=0.15, intensity_scale=0.15,
     augmentation={"translation": 20.0, "rotation": 0.2, "scaling": (0.0, 0.1), "deformation_nodes": 5,
                   "deformation": 15.0},  # +-20 mm, 0.2 rad, per-axis 0.1, 5 nodes of up to 15 mm
+    outlier_thresholds=(2.0, 2.5, 3.0, 4.0, 10.0, 20.0),  # their spine overview's radii
     identification_radius=20.0,
 )
 """Spine CT: 26 vertebrae in mm (NaN = not in the scan), HU intensities, 2 mm voxels."""
@@ -285,8 +294,9 @@ def sample_generator(spec: DataSpec, image_size: Sequence[int], heatmap_size: Se
                          f"known: {sorted(AUGMENTATION_2D)}")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
-    if isinstance(strengths["scaling"], list):  # a spec read back from JSON
-        strengths["scaling"] = tuple(strengths["scaling"])
+    if spec.image_spacing is not None and normalization == "patch" and spec.intensity_range is None:
+        raise ValueError("--intensity-normalization patch cannot go with a fixed --image-spacing: the tests "
+                         "see whole images, whose percentiles differ from those of the training crops")
     intensity = IntensityAugmentation(shift=spec.intensity_shift, scale=spec.intensity_scale,
                                       clamp=(-1.0, 1.0) if clamp or spec.intensity_gamma else None,
                                       gamma=spec.intensity_gamma)
@@ -294,6 +304,15 @@ def sample_generator(spec: DataSpec, image_size: Sequence[int], heatmap_size: Se
     return SampleGenerator(spatial_chain(**strengths, spacing=spec.image_spacing), intensity, output,
                            output.downsampled(factors.pop()),
                            None if spec.intensity_range else NORMALIZATIONS[normalization])
+
+
+def check_pixel_spacing(spec: DataSpec, geometry: Geometry, path: Path, image_id: str | None = None) -> None:
+    """Raises DataError naming the file when the kind fixes the pixel spacing (the cephalograms' 0.1 mm) and
+    the image carries another: its landmarks in mm would be read at the wrong place."""
+    if spec.pixel_spacing and not np.allclose(geometry.spacing, spec.pixel_spacing, rtol=1e-3):
+        raise DataError(f"image {path} has spacing {geometry.spacing}, but {spec.name} images must carry "
+                        f"{spec.pixel_spacing} mm (the landmarks are in mm): set it in the file (see the "
+                        "dataset folder's README)", path=path, image_id=image_id)
 
 
 def csv_units(spec: DataSpec, geometry: Geometry, points: np.ndarray) -> np.ndarray:
@@ -350,10 +369,14 @@ class ImageSamples:
     def _source(self, index: int) -> SourceImage:
         if self._cache is None:
             self._cache = LRUCache(self.cache_bytes, size_of=lambda source: source.nbytes)
-        dim, spec = self.generator.output.dim, self.spec
-        return self._cache.get(index, lambda: prepare_source(
-            read_image(self.paths[index], spec.ignore_spacing, dim), self.generator.spatial,
-            self.generator.output, spec.intensity_range, spec.intensity_floor))
+        return self._cache.get(index, lambda: self._prepare(self.paths[index]))
+
+    def _prepare(self, path: Path) -> SourceImage:
+        spec = self.spec
+        image = read_image(path, spec.ignore_spacing, self.generator.output.dim)
+        check_pixel_spacing(spec, Geometry.from_image(image), path)
+        return prepare_source(image, self.generator.spatial, self.generator.output, spec.intensity_range,
+                              spec.intensity_floor)
 
     def __call__(self, index: int, rng: np.random.Generator | None) -> dict:
         try:
@@ -380,10 +403,12 @@ class Dataset:
         heatmap_size: The network's output grid in pixels, order (x, y[, z]): image_size divided by one
             integer factor (None: image_size). Points are given in this grid's index coordinates.
         num_landmarks: Landmarks per image (hands: 37).
-        fold: Cross-validation fold 1, 2 or 3 (int or str), or None / "none" for setup/{train,test}.txt.
+        fold: Cross-validation fold k of setup/cv/set<k> (int or str), or None / "none" for
+            setup/{train,test}.txt.
         batch_size: Samples per training batch.
-        augmentation: Strengths for `spatial_chain`, replacing those of `AUGMENTATION_2D` / `AUGMENTATION_3D`
-            (output pixels, radians, relative factors or None, nodes per axis, output pixels, node layout).
+        augmentation: Strengths for `spatial_chain` over the spec's and those of `AUGMENTATION_2D` /
+            `AUGMENTATION_3D` (output pixels, or mm with the spec's fixed spacing; radians, relative factors
+            or None, nodes per axis, node layout).
         normalization: Robust intensity normalisation, a key of `NORMALIZATIONS`: "image" (1st/99th
             percentile of each source image) or "patch" (5th/95th of each resampled patch).
         clamp: Clip the intensities to [-1, 1] after the random shift and scale (the authors' hand setup
@@ -395,8 +420,9 @@ class Dataset:
     Raises:
         FileNotFoundError: A setup file or an image is missing (names the file or id).
         ValueError: An image is unreadable or has the wrong dimension, a CSV row has the wrong number of
-            values, an id list is empty, a listed id has no row in all.csv or several image files, or a
-            parameter is invalid (names the value received).
+            values, an id list is empty, a listed id has no row in one of the spec's CSVs or several image
+            files, an image has another spacing than the spec requires, or a parameter is invalid (names the
+            value received).
     """
 
     def __init__(
@@ -455,11 +481,7 @@ class Dataset:
                 if geometry.dim != dim:
                     raise ValueError(f"image {path} is {geometry.dim}D (size {geometry.size}), but the input "
                                      f"size {tuple(image_size)} is {dim}D")
-                if spec.pixel_spacing and not np.allclose(geometry.spacing, spec.pixel_spacing, rtol=1e-3):
-                    raise DataError(f"image {path} has spacing {geometry.spacing}, but {spec.name} images "
-                                    f"must carry {spec.pixel_spacing} mm (the landmarks are in mm): set "
-                                    "it in the file (see the dataset folder's README)", path=path,
-                                    image_id=image_id)
+                check_pixel_spacing(spec, geometry, path, image_id)
                 self._geometry[image_id] = geometry
                 self._paths[image_id] = path
                 points = {name: table[image_id] if spec.landmark_units == "physical"

@@ -32,27 +32,20 @@ import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no start-up banner of C++ logs
 
 import numpy as np  # noqa: E402
 
-from dataset import DATA_KINDS, NORMALIZATIONS, Dataset, DataSpec, kind_spec  # noqa: E402
+from dataset import DATA_KINDS, NORMALIZATIONS, Dataset, DataSpec, kind_spec, sample_generator  # noqa: E402
 from utils.data.loader import LoaderError, SampleError  # noqa: E402
 from utils.data.validate import ValidationReport, validate_dataset  # noqa: E402
 from utils.io.atomic import write_json_atomic  # noqa: E402
 from utils.io.errors import DataError  # noqa: E402
 from utils.io.splits import cv_folds  # noqa: E402
 from utils.landmarks.statistics import format_fold_table, landmark_statistics  # noqa: E402
-from utils.synthetic import (  # noqa: E402
-    generate_cephalogram_dataset,
-    generate_hand_dataset,
-    generate_heart_dataset,
-    generate_spine_dataset,
-    generate_volume_dataset,
-)
+from utils.synthetic import PHANTOMS, phantom_of  # noqa: E402
 from utils.training.output import RunFolder, config_to_dict, read_config  # noqa: E402
 from utils.transforms.bspline import BSPLINE_GRIDS  # noqa: E402
 
@@ -221,6 +214,20 @@ class Parameters:
                             "float32 on our 2-core machine, where float16 was 6-8x slower)",
                             choices=("float32", "mixed_float16", "mixed_bfloat16"))
 
+    @staticmethod
+    def from_older(values: dict) -> dict:
+        """The keys of a config.json written before the kinds of data: its "data_spec" (hand_xray, physical
+        or None: hand_xray in 2D, physical in 3D) becomes the --data-kind of the same meaning."""
+        if "data_spec" not in values:
+            return values
+        values = dict(values)
+        old, dim = values.pop("data_spec"), values.get("dim", 2)
+        values["data_kind"] = ("hand_xray" if old == "hand_xray" or (old is None and dim == 2)
+                               else f"custom{dim}d")
+        if values["data_kind"] == "custom2d":  # "physical" in 2D: CSV in mm, spacing trusted
+            values["landmark_units"] = "physical"
+        return values
+
     def __post_init__(self) -> None:
         """Raises ValueError naming the parameter that is out of range."""
         for name in ("num_landmarks", "batch_size", "max_iter", "test_iter", "snapshot_iter", "num_filters",
@@ -252,12 +259,16 @@ class Parameters:
             raise ValueError("--modality mr or ct goes with --data-kind heart, and only with it")
         custom = {"landmark_units": self.landmark_units, "ignore_spacing": self.ignore_spacing or None,
                   "mm_reference": self.mm_reference or None}
-        if not (self.data_kind or "").startswith("custom") and any(v is not None for v in custom.values()):
+        kind = data_kind(self)
+        if not kind.startswith("custom") and any(v is not None for v in custom.values()):
             given = ", ".join(_option(k) for k, v in custom.items() if v is not None)
             raise ValueError(f"{given} describe your own data: use them with --data-kind "
-                             f"custom{self.dim}d (the kind {self.data_kind or 'hand_xray'} defines them)")
-        if self.mm_reference and len(self.mm_reference) != 3:
-            raise ValueError(f"--mm-reference needs I J MM, got {' '.join(map(str, self.mm_reference))}")
+                             f"custom{self.dim}d (the kind {kind} defines them)")
+        reference = self.mm_reference
+        if reference and (len(reference) != 3 or reference[0] != int(reference[0]) or reference[1] != int(
+                reference[1]) or not reference[2] > 0):
+            raise ValueError(f"--mm-reference needs I J MM (two landmark indices and a positive distance), "
+                             f"got {' '.join(map(str, reference))}")
         if self.anisotropic_sigma and not self.learn_sigma:
             raise ValueError("--anisotropic-sigma needs --learn-sigma (fixed sigmas are isotropic)")
 
@@ -461,18 +472,14 @@ def folds(params: Parameters) -> list[str]:
 SCRIPTS = tuple(Path(__file__).resolve().with_name(name) for name in ("main.py", "dataset.py", "network.py"))
 
 
-# The phantoms of each kind (`python -m utils.synthetic KIND`): the default dataset of its runs.
-SYNTHETIC_KINDS = {"hand_xray": "hand", "custom3d": "volume", "cephalometric": "cephalometric",
-                   "spine_ct": "spine_ct", "heart_ct": "heart_ct", "heart_mr": "heart_mr"}
-SYNTHETIC_GENERATORS = {"hand": generate_hand_dataset, "volume": generate_volume_dataset,
-                        "cephalometric": generate_cephalogram_dataset, "spine_ct": generate_spine_dataset,
-                        "heart_ct": partial(generate_heart_dataset, modality="ct"),
-                        "heart_mr": partial(generate_heart_dataset, modality="mr")}
+def synthetic_folder(phantom: str) -> Path:
+    """The default dataset folder of a phantom ("hand": data/synthetic_hand), generated on the first run."""
+    return Path(f"data/synthetic_{phantom}")
 
 
 def _synthetic_kind(params: Parameters) -> str | None:
-    """The phantom kind of the run's data kind (None: no phantom for it)."""
-    return SYNTHETIC_KINDS.get(kind_spec(data_kind(params), params.modality).name)
+    """The phantom of the run's data kind (`utils.synthetic.PHANTOMS`; None: it has none)."""
+    return phantom_of(kind_spec(data_kind(params), params.modality).name)
 
 
 def dataset_folder(params: Parameters) -> Path:
@@ -482,7 +489,7 @@ def dataset_folder(params: Parameters) -> Path:
     kind = _synthetic_kind(params)
     if kind is None:
         raise ValueError(f"--data-kind {data_kind(params)} has no synthetic phantom yet: give --dataset DIR")
-    return Path(f"data/synthetic_{kind}")
+    return synthetic_folder(kind)
 
 
 def prepare_dataset(params: Parameters) -> Path:
@@ -498,7 +505,7 @@ def prepare_dataset(params: Parameters) -> Path:
     if images.is_dir() and any(images.iterdir()):
         return folder
     kind = _synthetic_kind(params)
-    default = kind is not None and folder.resolve() == Path(f"data/synthetic_{kind}").resolve()
+    default = kind is not None and folder.resolve() == synthetic_folder(kind).resolve()
     if not default and not (params.generate_synthetic and kind):
         what = "does not exist" if not folder.exists() else f"has no images in {images}"
         phantoms = (f", or for the synthetic phantoms leave out --dataset, add --generate-synthetic, or run "
@@ -508,7 +515,7 @@ def prepare_dataset(params: Parameters) -> Path:
                                 f"(see README.md){phantoms}")
     print(f"{images} has no images: generating {params.synthetic_images} synthetic {kind} images into "
           f"{folder} ...")
-    SYNTHETIC_GENERATORS[kind](folder, num_images=params.synthetic_images, seed=params.seed, progress=True)
+    PHANTOMS[kind](folder, num_images=params.synthetic_images, seed=params.seed, progress=True)
     print(f"Synthetic data set written to {folder.resolve()}. To use real data, put images/<id>.mha, "
           "setup/all.csv and setup/cv/set<k>/{train,test}.txt into a folder and pass --dataset FOLDER "
           "(see README.md).")
@@ -516,12 +523,13 @@ def prepare_dataset(params: Parameters) -> Path:
 
 
 def data_kind(params: Parameters) -> str:
-    """The run's kind of data: --data-kind; else hand_xray for the synthetic hands (2D without --dataset),
-    custom2d / custom3d otherwise: a data set of yours is never scored in hand-atlas millimetres unless you
-    say so."""
+    """The run's kind of data: --data-kind; else hand_xray for the synthetic hands (2D without --dataset, or
+    with their folder), custom2d / custom3d otherwise: a data set of yours is never scored in hand-atlas
+    millimetres unless you say so."""
     if params.data_kind:
         return params.data_kind
-    return "hand_xray" if params.dim == 2 and not params.dataset else f"custom{params.dim}d"
+    hands = not params.dataset or Path(params.dataset).resolve() == synthetic_folder("hand").resolve()
+    return "hand_xray" if params.dim == 2 and hands else f"custom{params.dim}d"
 
 
 def data_spec(params: Parameters) -> DataSpec:
@@ -549,7 +557,8 @@ def check_dataset(params: Parameters, folds_to_check: str) -> ValidationReport:
     spec = data_spec(params)
     return validate_dataset(dataset_folder(params), num_landmarks=params.num_landmarks, dim=params.dim,
                             folds=folds_to_check, landmark_units=spec.landmark_units,
-                            ignore_spacing=spec.ignore_spacing, annotations=spec.csv_files)
+                            ignore_spacing=spec.ignore_spacing, annotations=spec.csv_files,
+                            pixel_spacing=spec.pixel_spacing)
 
 
 def chain_options(params: Parameters) -> dict:
@@ -769,11 +778,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 per_network = resolve(preset, args, network)
                 for fold in folds(experiment):
                     runs.append((dataclasses.replace(per_network, cv=fold), None))
-            # the sizes and options the networks take
+            spec = data_spec(experiment)  # the kind fits the dimension
+            # the sizes and options the networks take, and the data's chain (strengths, intensities)
             for network, size, options in {(p.networks[0], p.image_size, tuple(network_options(p).items()))
                                            for p, _ in runs}:
-                build_network(network, (*reversed(size), 1), experiment.num_landmarks, num_filters=1,
-                              **dict(options))
+                built = build_network(network, (*reversed(size), 1), experiment.num_landmarks, num_filters=1,
+                                      **dict(options))
+                if spec.image_spacing is not None and tuple(built.output.shape[1:-1]) != tuple(size[::-1]):
+                    raise ValueError(f"--network {network}: its heatmaps are smaller than its input, but "
+                                     f"{spec.name} at a fixed spacing is tested on whole images by tiles, "
+                                     "which needs heatmaps as large as the input")
+            for params, _ in runs:
+                sample_generator(spec, params.image_size, None, **chain_options(params))
             optimizer(experiment)
         if not check_only:
             prepare_dataset(experiment)

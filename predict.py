@@ -56,7 +56,7 @@ from utils.landmarks.maxima import local_maxima  # noqa: E402
 from utils.landmarks.plots import plot_heatmaps, plot_landmarks  # noqa: E402
 from utils.landmarks.statistics import reference_distance_scale  # noqa: E402
 from utils.training.checkpoint import checkpoint_path, latest_checkpoint, load_weights  # noqa: E402
-from utils.training.evaluation import to_original  # noqa: E402
+from utils.training.evaluation import predict_samples, to_original  # noqa: E402
 from utils.training.export import (  # noqa: E402
     INFO_FILE,
     NETWORK_FILE,
@@ -219,7 +219,8 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
                                  **main.chain_options(params))
     ids, paths = list(files), list(files.values())
     unknown = np.full((len(ids), params.num_landmarks, params.dim), np.nan)
-    samples = ImageSamples(ids, paths, unknown, generator, spec, cache_bytes=0, validation=True)
+    whole = spec.image_spacing is not None  # a fixed spacing: the whole image, predicted by tiles
+    samples = ImageSamples(ids, paths, unknown, generator, spec, cache_bytes=0, validation=True, whole=whole)
     radii = model.radii_mm
     result = {"model": model.description, "iteration": model.info.get("iteration"),
               "units": spec.landmark_units, "landmark_names": model.info.get("landmark_names"),
@@ -244,13 +245,14 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
             seconds["prepare"] += time.perf_counter() - clock
             if prepared:
                 clock = time.perf_counter()
-                images = np.stack([sample["image"] for _, sample in prepared])
-                maps = np.asarray(model.heatmaps(images), dtype=np.float32)
+                maps = list(predict_samples([sample["image"] for _, sample in prepared],
+                                            params.image_size[::-1], model.heatmaps, params.batch_size))
                 seconds["predict"] += time.perf_counter() - clock
                 for (index, sample), heatmap in zip(prepared, maps, strict=True):
                     clock = time.perf_counter()
                     points, peaks = decode_heatmaps(heatmap)
-                    physical = to_original(points, sample["transform"], generator.heatmap_geometry)
+                    grid = sample["transform"].output if whole else generator.heatmap_geometry
+                    physical = to_original(points, sample["transform"], grid)
                     table[ids[index]] = landmarks = csv_units(spec, sample["geometry"], physical)
                     mm_per_unit = _mm_per_unit(spec, physical, sample["geometry"])
                     result["images"][ids[index]] = {
@@ -264,13 +266,14 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
                     }
                     if candidates:
                         result["images"][ids[index]]["candidates"] = [
-                            _candidates(heatmap[..., n], spec, sample, generator.heatmap_geometry)
+                            _candidates(heatmap[..., n], spec, sample, grid)
                             for n in range(heatmap.shape[-1])]
                     seconds["decode"] += time.perf_counter() - clock
                     clock = time.perf_counter()
                     if overlays:
                         plot_landmarks(output / "overlays" / f"{ids[index]}.png", sample["image"][..., 0],
-                                       predicted=sample["transform"].input_to_output(physical),
+                                       predicted=sample["transform"].output.physical_to_index(
+                                           sample["transform"].input_to_output(physical)),
                                        title=ids[index])
                     if heatmaps:
                         with atomic_path(output / "heatmaps" / f"{ids[index]}.npy") as temporary:

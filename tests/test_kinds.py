@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 import main
 from dataset import CEPHALOMETRIC, CUSTOM_3D, DATA_SPECS, HEART_CT, Dataset, kind_spec, sample_generator
-from main import resolve
+from main import Parameters, resolve
 from utils.data.sample import prepare_source
 from utils.data.validate import validate_dataset
 from utils.io.errors import DataError
@@ -272,3 +272,62 @@ def test_spine_phantom_misses_vertebrae_and_is_longer_than_the_network_grid():
     for point in points[visible]:
         x, y, z = np.round(image.TransformPhysicalPointToContinuousIndex(point.tolist())).astype(int)
         assert 150.0 < array[z, y, x] < 400.0  # inside a vertebral body (cancellous bone)
+
+
+def test_predict_runs_whole_volumes_by_tiles(tmp_path):
+    import predict
+
+    landmark = write_long_ct(tmp_path / "data")
+    spec = dataclasses.replace(CUSTOM_3D, image_spacing=2.0)
+    params = Parameters(dim=3, data_kind="custom3d", image_spacing=2.0, image_size=(16, 16, 16),
+                        num_landmarks=1, clamp=False, batch_size=2)
+    model = predict.LoadedModel(params=params, heatmaps=lambda batch: batch,  # heatmap = image: its blob
+                                info={"data_spec": dataclasses.asdict(spec), "heatmap_size": [16, 16, 16],
+                                      "landmark_names": ["blob"]}, description="identity")
+    result = predict.predict_files(model, {"long": tmp_path / "data" / "images" / "long.mha"},
+                                   tmp_path / "out", overlays=True)
+    found = np.array(result["images"]["long"]["landmarks"])
+    assert np.linalg.norm(found - landmark) < 1.0  # half a voxel of 2 mm, outside the centre crop
+    assert (tmp_path / "out" / "overlays" / "long.png").is_file()
+
+
+def test_configs_of_earlier_versions_keep_their_meaning():
+    from utils.training.output import config_from_dict
+
+    for old, dim, kind, units in (("hand_xray", 2, "hand_xray", None), (None, 2, "hand_xray", None),
+                                  (None, 3, "custom3d", None), ("physical", 3, "custom3d", None),
+                                  ("physical", 2, "custom2d", "physical")):
+        values = {"data_spec": old, "dim": dim, "image_size": [32] * dim, "dataset": "somewhere"}
+        params = config_from_dict(Parameters, values)
+        assert (params.data_kind, params.landmark_units) == (kind, units), old
+
+
+def test_options_of_your_own_data_and_their_checks(capsys):
+    mine = resolve("cpu", {"dataset": "mine", "landmark_units": "physical"})
+    assert main.data_spec(mine).name == "custom2d" and main.data_spec(mine).landmark_units == "physical"
+    assert main.data_kind(resolve("cpu", {"dataset": "data/synthetic_hand"})) == "hand_xray"
+    assert main.data_kind(resolve("cpu", {"dataset": "mine"})) == "custom2d"
+    with pytest.raises(ValueError, match=r"--mm-reference needs I J MM .*got 1.5 5 50"):
+        resolve("cpu", {"dataset": "mine", "mm_reference": (1.5, 5, 50)})
+    with pytest.raises(ValueError, match=r"--intensity-normalization patch cannot go with a fixed --image-"):
+        sample_generator(DATA_SPECS["heart_mr"], (8, 8, 8), normalization="patch")
+    with pytest.raises(SystemExit):
+        main.main(["--data-kind", "heart", "--modality", "ct", "--network", "downsampling_net", "--check"])
+    assert "--network downsampling_net: its heatmaps are smaller than its input" in capsys.readouterr().err
+
+
+def test_check_reports_a_cephalogram_of_another_spacing(tmp_path, ceph_dir):
+    folder = tmp_path / "copy"
+    (folder / "images").mkdir(parents=True)
+    for path in (ceph_dir / "images").iterdir():
+        (folder / "images" / path.name).symlink_to(path)
+    image = sitk.ReadImage(str(ceph_dir / "images" / "ceph_0001.mha"))
+    image.SetSpacing((0.2, 0.2))
+    (folder / "images" / "ceph_0001.mha").unlink()
+    sitk.WriteImage(image, str(folder / "images" / "ceph_0001.mha"))
+    (folder / "setup").symlink_to(ceph_dir / "setup")
+    report = validate_dataset(folder, num_landmarks=19, annotations=CEPHALOMETRIC.csv_files,
+                              landmark_units="physical", ignore_spacing=False, pixel_spacing=0.1,
+                              progress_seconds=None)
+    assert any("ceph_0001.mha has spacing (0.2, 0.2), but this kind of data needs 0.1 mm" in error.message
+               for error in report.errors)

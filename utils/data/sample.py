@@ -120,7 +120,8 @@ class SampleGenerator:
     Args:
         spatial: Spatial chain (OUTPUT -> INPUT map; landmarks go through its inverse).
         intensity: Intensity augmentation applied after the robust rescaling.
-        output: Output (network input) grid; origin 0, identity direction, spacing 1 (output pixels).
+        output: Output (network input) grid; identity direction, spacing 1 (output pixels), origin 0 (a
+            `covering` grid of a whole image extends it around the same centre).
         heatmap_geometry: The network's output grid in output physical space (``output.downsampled(f)`` for
             a network whose heatmaps are f times smaller than its input).
         patch_percentiles: (low, high) percentiles of each resampled patch, padding included, mapped to

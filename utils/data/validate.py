@@ -245,8 +245,10 @@ def _check_image(
     dim: int,
     landmark_units: str,
     ignore_spacing: bool,
+    pixel_spacing: float | None = None,
 ) -> None:
-    """Decodes one image; records problems with it (at `severity`) and landmarks outside it (warning)."""
+    """Decodes one image; records problems with it (at `severity`): among them a spacing other than
+    `pixel_spacing` where one is required; landmarks outside it (warning)."""
     try:
         image = read_image(path, ignore_spacing=ignore_spacing)
     except DataError as error:
@@ -263,6 +265,9 @@ def _check_image(
                              f"({image.GetPixelIDTypeAsString()}); a single-channel image is needed",
                    path=path, image_id=image_id)
         return
+    if pixel_spacing and not np.allclose(image.GetSpacing(), pixel_spacing, rtol=1e-3):
+        report.add(severity, f"image {path} has spacing {image.GetSpacing()}, but this kind of data needs "
+                             f"{pixel_spacing} mm (its landmarks are in mm)", path=path, image_id=image_id)
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         if not np.all(np.isfinite(sitk.GetArrayViewFromImage(image))):
             report.add(severity, f"image {path} holds NaN or infinite pixel values", path=path,
@@ -292,6 +297,7 @@ def validate_dataset(
     ignore_spacing: bool | None = None,
     progress_seconds: float | None = 5.0,
     annotations: Sequence[str] = ("all.csv",),
+    pixel_spacing: float | None = None,
 ) -> ValidationReport:
     """Checks a dataset folder (layout: README "Your own 2D data") and reports every problem found.
 
@@ -305,13 +311,15 @@ def validate_dataset(
         dim: 2 or 3, the dimension of the images after a last axis of size 1 is dropped.
         folds: which splits to check: "all" (every setup/cv/set<k>), "none" (setup/{train,test}.txt), a fold
             number, or a sequence of these; None checks every split present.
-        landmark_units: what all.csv holds: "pixel" (indices) or "physical"; None: "pixel" in 2D,
-            "physical" in 3D (as `Dataset`).
-        ignore_spacing: use spacing 1 instead of the file's; None: True in 2D, False in 3D (as `Dataset`).
+        landmark_units: what the CSVs hold: "pixel" (indices) or "physical"; None: "pixel" in 2D,
+            "physical" in 3D.
+        ignore_spacing: use spacing 1 instead of the file's; None: True in 2D, False in 3D (main.py passes
+            its data kind's).
         progress_seconds: print progress on stderr every this many seconds while decoding images; None:
             never.
         annotations: the landmark CSVs in setup/ (several for a kind with several annotators); each is
             checked, and the images' landmarks against the first.
+        pixel_spacing: the spacing (mm) every image must carry (cephalograms: 0.1), or None.
 
     Returns:
         The report: `errors`, `warnings`, `infos`, `ok` and `format()`.
@@ -384,7 +392,7 @@ def validate_dataset(
         severity = ERROR if image_id in used else WARNING
         points = None if table is None else table.get(image_id)
         for path in paths:
-            _check_image(report, path, severity, points, dim, landmark_units, ignore_spacing)
+            _check_image(report, path, severity, points, dim, landmark_units, ignore_spacing, pixel_spacing)
             done += 1
             progress(done)
     report.add(INFO, f"{folder}: checked {_plural(2 * len(splits), 'split file')} (folds "
@@ -411,6 +419,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="what all.csv holds (default: pixel in 2D, physical in 3D)")
     parser.add_argument("--ignore-spacing", action=argparse.BooleanOptionalAction,
                         help="use spacing 1 instead of the files' (default: yes in 2D, no in 3D)")
+    parser.add_argument("--annotations", nargs="+", default=["all.csv"], metavar="CSV",
+                        help="landmark files in setup/, the first checked against the images (default "
+                             "all.csv; cephalograms: all_challenge.csv all_senior.csv all_junior.csv; "
+                             "python main.py --check --data-kind KIND knows each kind's)")
     args = parser.parse_args(argv)
     if not Path(args.dataset_dir).is_dir():
         parser.error(f"not a folder: {args.dataset_dir}")
@@ -418,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = validate_dataset(
             args.dataset_dir, num_landmarks=args.num_landmarks, dim=args.dim, folds=args.cv,
             landmark_units=args.landmark_units, ignore_spacing=args.ignore_spacing,
+            annotations=args.annotations,
         )
     except ValueError as error:
         parser.error(str(error))

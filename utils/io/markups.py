@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m utils.io.markups",
                                      description="Converts Slicer point lists (.mrk.json, .fcsv; one per "
                                      "image, named <id>.mrk.json) into a landmark CSV in physical LPS "
-                                     "coordinates, for a dataset with --data-spec physical.")
+                                     "coordinates, for --landmark-units physical or a 3D data kind.")
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="point list files")
     parser.add_argument("--output", required=True, type=Path, metavar="CSV", help="landmark CSV to write")
     parser.add_argument("--labels", nargs="+", metavar="LABEL", help="landmark order by label (a point list "

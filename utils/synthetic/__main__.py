@@ -17,13 +17,14 @@ import argparse
 import time
 from collections.abc import Sequence
 
-from utils.synthetic.cephalogram import generate_cephalogram_dataset
-from utils.synthetic.hand import generate_hand_dataset
-from utils.synthetic.heart import generate_heart_dataset
-from utils.synthetic.spine import generate_spine_dataset
-from utils.synthetic.volume import generate_volume_dataset
+from utils.synthetic import (
+    PHANTOM_NAMES,
+    PHANTOMS,
+    generate_hand_dataset,
+    generate_volume_dataset,
+    phantom_of,
+)
 
-KINDS = ("hand", "hand_xray", "volume", "custom3d", "cephalometric", "spine_ct", "heart_ct", "heart_mr")
 DEFAULT_IMAGES = {"hand": 60, "volume": 30, "cephalometric": 60, "spine_ct": 40, "heart_ct": 60,
                   "heart_mr": 60}
 
@@ -35,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("kind", choices=KINDS, help="2D hand radiographs (hand_xray), 3D torso volumes "
+    parser.add_argument("kind", choices=(*PHANTOMS, *PHANTOM_NAMES),
+                        help="2D hand radiographs (hand_xray), 3D torso volumes "
                         "(custom3d), 2D cephalograms, spine CTs, 3D chest CT or MR")
     parser.add_argument("out_dir", help="data set folder to create (must not exist)")
     parser.add_argument("--seed", type=int, default=0, help="seed of all random draws (default 0)")
@@ -60,18 +62,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    kind = {"hand_xray": "hand", "custom3d": "volume"}.get(args.kind, args.kind)
+    kind = phantom_of(args.kind)
     count, progress = args.num_images or DEFAULT_IMAGES[kind], not args.quiet
     if kind == "hand":
         ids = generate_hand_dataset(args.out_dir, count, args.seed, args.pixels_per_mm, progress=progress)
     elif kind == "volume":
         ids = generate_volume_dataset(args.out_dir, count, args.seed, tuple(args.size), progress=progress)
-    elif kind == "cephalometric":
-        ids = generate_cephalogram_dataset(args.out_dir, count, args.seed, progress=progress)
-    elif kind == "spine_ct":
-        ids = generate_spine_dataset(args.out_dir, count, args.seed, progress=progress)
     else:
-        ids = generate_heart_dataset(args.out_dir, kind[-2:], count, args.seed, progress=progress)
+        ids = PHANTOMS[kind](args.out_dir, num_images=count, seed=args.seed, progress=progress)
     print(
         f"wrote {len(ids)} {kind} images ({ids[0]} .. {ids[-1]}), setup/all.csv and 3-fold + train/test "
         f"splits to {args.out_dir} in {time.perf_counter() - start:.1f} s"

@@ -12,7 +12,7 @@ the first few samples (predicted and true landmarks over the network input image
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -122,19 +122,29 @@ def predict(network: keras.Model, images: np.ndarray, batch_size: int = 8,
     return np.concatenate(parts)
 
 
-def predict_samples(network: keras.Model, images: Sequence[np.ndarray], batch_size: int = 8,
-                    forward: Callable[[np.ndarray], Any] | None = None) -> list[np.ndarray]:
-    """Heatmaps of images of the network's input size (in batches) or larger (whole images at a fixed
-    spacing: by overlapping tiles of the input size, `utils.landmarks.tiles.predict_tiled`).
+def predict_samples(images: Sequence[np.ndarray], tile_shape: Sequence[int],
+                    forward: Callable[[np.ndarray], Any], batch_size: int = 8) -> Iterator[np.ndarray]:
+    """Heatmaps of images of the network's input size `tile_shape` (([z,] y, x), `batch_size` at a time)
+    or larger (whole images at a fixed spacing: by overlapping tiles of that size, `utils.landmarks.tiles`),
+    one image at a time: a whole volume's heatmaps can take a gigabyte, so decode each before the next.
 
-    Returns:
-        One ([z,] y, x, N) float32 array per image.
+    Args:
+        images: ([z,] y, x, 1) float32 network inputs.
+        tile_shape: The network's input size, ([z,] y, x).
+        forward: (B, *tile_shape, 1) -> (B, ..., N) heatmaps, for any B up to `batch_size`.
+        batch_size: Images or tiles per call of `forward`.
+
+    Yields:
+        One ([z,] y, x, N) float32 array per image, in order.
     """
-    tile = tuple(network.input.shape[1:-1])
-    if all(image.shape[:-1] == tile for image in images):
-        return list(predict(network, np.stack(images), batch_size, forward))
-    return [predict_tiled(image, tile, lambda tiles: predict(network, tiles, batch_size, forward),
-                          batch_size=batch_size) for image in images]
+    tile = tuple(int(n) for n in tile_shape)
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        if all(image.shape[:-1] == tile for image in chunk):
+            yield from np.asarray(forward(np.stack(chunk)), dtype=np.float32)
+        else:
+            for image in chunk:
+                yield predict_tiled(image, tile, forward, batch_size=batch_size)
 
 
 def to_original(points: np.ndarray, transform: Any, heatmap_geometry: Any) -> np.ndarray:
@@ -187,13 +197,16 @@ def evaluate(
     if not samples:
         raise ValueError(f"no validation samples to evaluate for {folder}")
     folder = Path(folder)
-    heatmaps = predict_samples(network, [sample.image for sample in samples], batch_size, forward)
-    predicted = np.stack(
-        [
-            to_original(decode_heatmaps(maps)[0], sample.transform, sample.heatmap_geometry)
-            for maps, sample in zip(heatmaps, samples, strict=True)
-        ]
-    )
+    tile = tuple(network.input.shape[1:-1])
+    whole = any(sample.image.shape[:-1] != tile for sample in samples)  # whole images, by tiles
+    kept, predicted = [], []
+    for maps, sample in zip(predict_samples([sample.image for sample in samples], tile,
+                                            lambda images: predict(network, images, batch_size, forward),
+                                            batch_size), samples, strict=True):
+        if not whole or not kept:  # every map for the validation loss; of whole images the first, to plot
+            kept.append(maps)
+        predicted.append(to_original(decode_heatmaps(maps)[0], sample.transform, sample.heatmap_geometry))
+    predicted = np.stack(predicted)
     target = np.stack([np.asarray(sample.landmarks, dtype=np.float64) for sample in samples])
     scale = np.array([sample.mm_scale for sample in samples], dtype=np.float64)
     errors = point_errors(predicted, target, scale)
@@ -206,8 +219,8 @@ def evaluate(
         stats["references"] = {name: landmark_statistics(errors_, thresholds)
                                for name, errors_ in reference_errors.items()}
     if targets is not None:
-        if all(maps.shape[:-1] == tuple(targets.shape) for maps in heatmaps):  # not for whole images
-            stats["loss"] = validation_loss(np.stack(heatmaps), samples, targets)
+        if not whole:
+            stats["loss"] = validation_loss(np.stack(kept), samples, targets)
         stats["sigmas"] = keras.ops.convert_to_numpy(targets.sigma).tolist()
     ids = [sample.id for sample in samples]
     write_landmarks_csv(
@@ -215,12 +228,15 @@ def evaluate(
         {id_: to_csv_units(id_, points) for id_, points in zip(ids, predicted, strict=True)},
     )
     write_json_atomic(folder / "stats.json", stats)
-    write_text_atomic(folder / "stats.txt", format_statistics(stats) + "".join(
+    identified = stats.get("identification")
+    write_text_atomic(folder / "stats.txt", format_statistics(stats) + (
+        f"identified: {identified['identified']} of {identified['count']} landmarks within "
+        f"{identified['radius_mm']:g} mm and closest to their own\n" if identified else "") + "".join(
         f"\nagainst the {name} ground truth:\n{format_statistics(other)}"
         for name, other in stats.get("references", {}).items()))
     if np.any(np.isfinite(errors)):
         plot_error_distribution(folder / "error_distribution.png", {name: errors})
-    plot_heatmaps(folder / "heatmaps.png", heatmaps[0])
+    plot_heatmaps(folder / "heatmaps.png", kept[0])
     for sample, points in zip(samples[:num_plots], predicted, strict=False):
         grid = sample.transform.output  # output physical -> the image's pixels (a whole image's grid is
         plot_landmarks(  # not at the origin)

@@ -213,7 +213,8 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config
     """Builds the dataclass `cls` from a dict (e.g. parsed config.json), rejecting unknown keys.
 
     Missing keys take the dataclass defaults; lists become tuples where the field is a tuple; nested
-    dataclasses are built recursively.
+    dataclasses are built recursively. A class with a ``from_older(data)`` static method gets to rewrite the
+    keys of configs written by earlier versions first (renamed parameters).
 
     Args:
         cls: the dataclass type.
@@ -223,6 +224,7 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config
     Raises:
         ValueError: if `data` has a key that is not a field of `cls` (a mistyped parameter), naming it.
     """
+    data = cls.from_older(dict(data)) if hasattr(cls, "from_older") else data
     fields = {field.name: field for field in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
