@@ -54,8 +54,10 @@ from typing import Any
 
 __all__ = [
     "HAND",
+    "SPINE",
     "AuthorsFrameworkUnavailable",
     "authors_hand_samples_per_s",
+    "authors_spine_samples_per_s",
     "main",
     "skip_reason",
 ]
@@ -63,6 +65,9 @@ __all__ = [
 REAL_HANDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hand_xray_real"
 # the paper's hand configuration (U-Net / SCN): the example's Dataset is built with these
 HAND = {"image_size": [256, 256], "heatmap_size": [256, 256], "num_landmarks": 37, "sigma": 3.0}
+# the authors' spine configuration (their spine/main.py: 96 x 96 x 192 at 2 mm, 26 vertebrae, sigma 4; the
+# MIA 2019 network draws its targets in the graph, so their generator gives landmarks, not heatmaps)
+SPINE = {"image_size": [96, 96, 192], "image_spacing": [2.0, 2.0, 2.0], "num_landmarks": 26, "sigma": 4.0}
 # every thread pool that NumPy, SciPy, numba or SimpleITK (ITK) may start, limited to one thread
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS",
@@ -113,6 +118,56 @@ def example_folder(data: Path, ids: Sequence[str], folder: Path) -> Path:
     return folder
 
 
+def spine_example_folder(data: Path, folder: Path) -> tuple[Path, list[str]]:
+    """The folder layout their spine example reads (``images/<id>.nii.gz``, ``setup/points_world_coordinates.
+    csv``, ``setup/train_all.txt``), written into `folder` from a dataset folder of ours (``images/*.mha``,
+    ``setup/all.csv`` in mm, NaN for missing vertebrae): the volumes are converted once, untimed."""
+    import SimpleITK as sitk
+
+    points = data / "setup" / "all.csv"
+    if not points.is_file():
+        raise AuthorsFrameworkUnavailable(f"{data} needs setup/all.csv (and images/*.mha)")
+    (folder / "images").mkdir(parents=True)
+    (folder / "setup").mkdir()
+    ids = []
+    for path in sorted((data / "images").glob("*.mha")):
+        sitk.WriteImage(sitk.ReadImage(str(path)), str(folder / "images" / f"{path.stem}.nii.gz"))
+        ids.append(path.stem)
+    if not ids:
+        raise AuthorsFrameworkUnavailable(f"no volume in {data / 'images'}")
+    rows = [line.split(",") for line in points.read_text().splitlines() if line.strip()]
+    (folder / "setup" / "points_world_coordinates.csv").write_text(
+        "".join(",".join([row[0], *(value.strip() or "nan" for value in row[1:])]) + "\n" for row in rows))
+    (folder / "setup" / "train_all.txt").write_text("".join(f"{i}\n" for i in ids))
+    return folder, ids
+
+
+def authors_spine_samples_per_s(framework: Path | str, example: Path | str, data: Path | str,
+                                num_samples: int = 20, seed: int = 0, *, repeats: int = 3,
+                                warmup: int | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+    """Training samples per second of the authors' spine example on one core, in a fresh child process.
+
+    Their ``spine/dataset.py`` ``Dataset.dataset_train()`` at their configuration (`SPINE`): a volume of
+    the cache, B-spline deformation of the input (5^3 nodes, 15 mm), translation 20 mm, a random crop along
+    z (a factor of 0.5 of the 384 mm input), rotation 0.2, scale 0.1 per axis, SimpleITK resampling to 96 x
+    96 x 192 at 2 mm, HU / 2048 with random shift and scale 0.15 and a clamp, the 26 landmarks mapped to the
+    output. Args and result as `authors_hand_samples_per_s` (without the stage pass); `data` is a dataset
+    folder of ours with volumes and their landmarks in mm (e.g. `python -m utils.synthetic spine_ct`).
+    """
+    reason = skip_reason(framework, Path(example).parent / "hand_xray")
+    if reason is not None or not (Path(example) / EXAMPLE_MARKER).is_file():
+        raise AuthorsFrameworkUnavailable(reason or f"--authors-spine {example} has no {EXAMPLE_MARKER}")
+    with tempfile.TemporaryDirectory(prefix="authors_spine_") as scratch:
+        folder, ids = spine_example_folder(Path(data), Path(scratch) / "spine_dataset")
+        config = {"experiment": "spine", "framework": str(Path(framework).resolve()),
+                  "example": str(Path(example).resolve()), "num_samples": num_samples, "seed": seed,
+                  "repeats": repeats, "warmup": 2 * len(ids) if warmup is None else warmup,
+                  "stage_samples": 0, "cpu": None, "ids": ids, "base_folder": str(folder) + os.sep, **SPINE}
+        result = _run_child(config, Path(scratch), timeout_s)
+    result.update(framework=config["framework"], example=config["example"], data=str(Path(data).resolve()))
+    return result
+
+
 def authors_hand_samples_per_s(
     framework: Path | str,
     example: Path | str,
@@ -160,28 +215,34 @@ def authors_hand_samples_per_s(
         raise ValueError(f"num_samples and repeats must be >= 1, received {num_samples} and {repeats}")
     data = Path(data)
     ids = list(ids) if ids is not None else hand_ids(data)
-    config = {"framework": str(Path(framework).resolve()), "example": str(Path(example).resolve()),
-              "num_samples": num_samples, "seed": seed, "repeats": repeats,
-              "warmup": 2 * len(ids) if warmup is None else warmup, "stage_samples": stage_samples,
-              "cpu": cpu, "ids": ids, **HAND}
+    config = {"experiment": "hand", "framework": str(Path(framework).resolve()),
+              "example": str(Path(example).resolve()), "num_samples": num_samples, "seed": seed,
+              "repeats": repeats, "warmup": 2 * len(ids) if warmup is None else warmup,
+              "stage_samples": stage_samples, "cpu": cpu, "ids": ids, **HAND}
+    with tempfile.TemporaryDirectory(prefix="authors_hand_") as scratch:
+        config["base_folder"] = str(example_folder(data, ids, Path(scratch) / "hand_xray_dataset")) + os.sep
+        result = _run_child(config, Path(scratch), timeout_s)
+    result.update(framework=config["framework"], example=config["example"], data=str(data.resolve()))
+    return result
+
+
+def _run_child(config: dict[str, Any], scratch: Path, timeout_s: float | None) -> dict[str, Any]:
+    """Runs `_child` on `config` in a fresh interpreter with every thread pool at one thread."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(dict.fromkeys(THREAD_VARIABLES, "1"))
     load_start = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="authors_hand_") as scratch:
-        config["base_folder"] = str(example_folder(data, ids, Path(scratch) / "hand_xray_dataset")) + os.sep
-        config_file, result_file = Path(scratch) / "config.json", Path(scratch) / "result.json"
-        config_file.write_text(json.dumps(config))
-        # -I: neither the script's folder nor the working directory on sys.path (our utils, dataset)
-        command = [sys.executable, "-I", str(Path(__file__).resolve()), "--child", str(config_file),
-                   str(result_file)]
-        done = subprocess.run(command, env=env, cwd=scratch, capture_output=True, text=True,
-                              timeout=timeout_s, check=False)
-        if done.returncode != 0 or not result_file.is_file():
-            output = (done.stdout + done.stderr)[-4000:]
-            raise RuntimeError(f"the authors' framework failed (exit {done.returncode}):\n{output}")
-        result = json.loads(result_file.read_text())
-    result.update(load_average_start=list(load_start), load_average_end=list(os.getloadavg()),
-                  framework=config["framework"], example=config["example"], data=str(data.resolve()))
+    config_file, result_file = scratch / "config.json", scratch / "result.json"
+    config_file.write_text(json.dumps(config))
+    # -I: neither the script's folder nor the working directory on sys.path (our utils, dataset)
+    command = [sys.executable, "-I", str(Path(__file__).resolve()), "--child", str(config_file),
+               str(result_file)]
+    done = subprocess.run(command, env=env, cwd=scratch, capture_output=True, text=True, timeout=timeout_s,
+                          check=False)
+    if done.returncode != 0 or not result_file.is_file():
+        output = (done.stdout + done.stderr)[-4000:]
+        raise RuntimeError(f"the authors' framework failed (exit {done.returncode}):\n{output}")
+    result = json.loads(result_file.read_text())
+    result.update(load_average_start=list(load_start), load_average_end=list(os.getloadavg()))
     return result
 
 
@@ -277,12 +338,68 @@ def _child(config_file: str, result_file: str) -> None:
 
     import transformations.intensity.np.normalize as their_normalize
 
-    import dataset as hand_example  # their hand_xray/dataset.py
+    import dataset as example  # their hand_xray/dataset.py or spine/dataset.py
 
-    for module, root in ((hand_example, config["example"]), (their_normalize, config["framework"])):
+    for module, root in ((example, config["example"]), (their_normalize, config["framework"])):
         if not Path(module.__file__).resolve().is_relative_to(Path(root).resolve()):
             raise RuntimeError(f"{module.__name__} was imported from {module.__file__}, not from {root}")
+    if config["experiment"] == "spine":
+        train = example.Dataset(image_size=config["image_size"], image_spacing=config["image_spacing"],
+                                sigma=config["sigma"], num_landmarks=config["num_landmarks"],
+                                base_folder=config["base_folder"], cv=-1, data_format="channels_first",
+                                save_debug_images=False).dataset_train()
+        next_sample, composite_fix = train.get_next, None
+    else:
+        train, next_sample, composite_fix = _hand_train(example, config)
 
+    for _ in range(config["warmup"]):
+        next_sample()
+    runs = []
+    for _ in range(config["repeats"]):
+        load = os.getloadavg()
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(config["num_samples"]):
+            next_sample()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        count = config["num_samples"]
+        runs.append({"samples_per_s": count / wall, "ms_per_sample": 1e3 * wall / count,
+                     "cpu_ms_per_sample": 1e3 * cpu / count, "cpu_per_wall": cpu / wall,
+                     "load_average_start": list(load), "load_average_end": list(os.getloadavg())})
+    median = sorted(runs, key=lambda run: run["samples_per_s"])[(len(runs) - 1) // 2]
+    if config["experiment"] == "spine":
+        entry = next_sample()
+        stages, targets = [], {"generators": {key: list(np.shape(value)) for key, value in
+                                              entry["generators"].items()}}
+        settings = {"spatial_chain": [_attributes(transform) for transformation in train.transformations
+                                      for transform in transformation.transformations],
+                    "generators": [_attributes(generator) for generator in train.data_generators],
+                    "datasources": [_attributes(source) for source in train.data_sources]}
+    else:
+        stages, targets, settings = _hand_details(example, their_normalize, train, next_sample, config)
+
+    status = Path("/proc/self/status")
+    native_threads = next((int(line.split()[1]) for line in status.read_text().splitlines()
+                           if line.startswith("Threads:")), None) if status.is_file() else None
+    threads = {"sitk_global_default_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+               "environment": {key: os.environ.get(key) for key in THREAD_VARIABLES},
+               "threadpoolctl": ([{"api": pool.get("internal_api"), "threads": pool.get("num_threads")}
+                                  for pool in threadpool_info()] if threadpool_info is not None else None),
+               "native_threads_of_process": native_threads,
+               "cpu_affinity": sorted(os.sched_getaffinity(0))}
+    result = {"samples_per_s": median["samples_per_s"], "ms_per_sample": median["ms_per_sample"],
+              "cpu_ms_per_sample": median["cpu_ms_per_sample"], "cpu_per_wall": median["cpu_per_wall"],
+              "samples_per_cpu_s": 1e3 / statistics.median(run["cpu_ms_per_sample"] for run in runs),
+              "num_samples": config["num_samples"], "repeats": config["repeats"], "warmup": config["warmup"],
+              "seed": config["seed"], "runs": runs, "stages": stages, "targets": targets,
+              "settings": settings, "threads": threads, "composite_fix": composite_fix,
+              "images": config["ids"],
+              "versions": {"numpy": np.__version__, "SimpleITK": sitk.Version_VersionString(),
+                           "python": sys.version.split()[0]}}
+    Path(result_file).write_text(json.dumps(result))
+
+
+def _hand_train(hand_example: Any, config: dict[str, Any]) -> tuple[Any, Callable[[], dict], str | None]:
+    """Their hand training dataset, a checked ``next_sample`` and the note of the composite fix (or None)."""
     hand = hand_example.Dataset(image_size=config["image_size"], heatmap_size=config["heatmap_size"],
                                 num_landmarks=config["num_landmarks"], sigma=config["sigma"],
                                 base_folder=config["base_folder"], cv=1, data_format="channels_first",
@@ -296,7 +413,6 @@ def _child(config_file: str, result_file: str) -> None:
                          "composes only graph-evaluated parents and the example's get(image=...) returns "
                          "an empty composite (identity transform)")
     chain_length = len(composite.transformations)
-    image_generator, landmark_generator = train.data_generators["image"], train.data_generators["landmarks"]
 
     def next_sample() -> dict[str, Any]:
         entry = train.get_next()
@@ -305,23 +421,17 @@ def _child(config_file: str, result_file: str) -> None:
             raise RuntimeError(f"their sample transform holds {count} transforms, the chain {chain_length}")
         return entry
 
-    for _ in range(config["warmup"]):
-        next_sample()
+    return train, next_sample, composite_fix
 
-    runs = []
-    for _ in range(config["repeats"]):
-        load = os.getloadavg()
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in range(config["num_samples"]):
-            next_sample()
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        count = config["num_samples"]
-        runs.append({"samples_per_s": count / wall, "ms_per_sample": 1e3 * wall / count,
-                     "cpu_ms_per_sample": 1e3 * cpu / count, "cpu_per_wall": cpu / wall,
-                     "load_average_start": list(load), "load_average_end": list(os.getloadavg())})
-    median = sorted(runs, key=lambda run: run["samples_per_s"])[(len(runs) - 1) // 2]
 
-    # untimed pass: stages, and the intensity settings (their ShiftScaleClamp is made inside each call)
+def _hand_details(hand_example: Any, their_normalize: Any, train: Any, next_sample: Callable[[], dict],
+                  config: dict[str, Any]) -> tuple[list, dict, dict]:
+    """An untimed pass of the hand chain: ms per stage, the targets' shapes, and their chain's settings."""
+    import numpy as np
+
+    composite = train.reference_transformation
+    image_generator, landmark_generator = train.data_generators["image"], train.data_generators["landmarks"]
+    # the intensity settings (their ShiftScaleClamp is made inside each call)
     clock, clamps = _StageClock(), []
     shift_scale_clamp = hand_example.ShiftScaleClamp
 
@@ -349,7 +459,7 @@ def _child(config_file: str, result_file: str) -> None:
         clock.restore()
         hand_example.ShiftScaleClamp = shift_scale_clamp
     whole = time.perf_counter() - start
-    stages = []
+    stages, targets = [], {}
     if config["stage_samples"]:
         seconds = dict(clock.seconds)
         intensity = "intensity (robust normalisation, shift/scale)"
@@ -366,9 +476,6 @@ def _child(config_file: str, result_file: str) -> None:
                    "image_dtypes": sorted(image_dtypes),
                    "landmarks_with_nonzero_heatmap_mean": statistics.fmean(valid),
                    "landmarks_with_nonzero_heatmap_min_max": [min(valid), max(valid)]}
-    else:
-        targets = {}
-
     normalize_defaults = {name: _plain(parameter.default) for name, parameter in
                           inspect.signature(hand_example.normalize_robust).parameters.items()
                           if parameter.default is not parameter.empty}
@@ -386,25 +493,7 @@ def _child(config_file: str, result_file: str) -> None:
         "iterator": {"class": type(train.iterator).__name__, "random": train.iterator.random,
                      "ids": list(train.iterator.id_list)},
     }
-    status = Path("/proc/self/status")
-    native_threads = next((int(line.split()[1]) for line in status.read_text().splitlines()
-                           if line.startswith("Threads:")), None) if status.is_file() else None
-    threads = {"sitk_global_default_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
-               "environment": {key: os.environ.get(key) for key in THREAD_VARIABLES},
-               "threadpoolctl": ([{"api": pool.get("internal_api"), "threads": pool.get("num_threads")}
-                                  for pool in threadpool_info()] if threadpool_info is not None else None),
-               "native_threads_of_process": native_threads,
-               "cpu_affinity": sorted(os.sched_getaffinity(0))}
-    result = {"samples_per_s": median["samples_per_s"], "ms_per_sample": median["ms_per_sample"],
-              "cpu_ms_per_sample": median["cpu_ms_per_sample"], "cpu_per_wall": median["cpu_per_wall"],
-              "samples_per_cpu_s": 1e3 / statistics.median(run["cpu_ms_per_sample"] for run in runs),
-              "num_samples": config["num_samples"], "repeats": config["repeats"], "warmup": config["warmup"],
-              "seed": config["seed"], "runs": runs, "stages": stages, "targets": targets,
-              "settings": settings, "threads": threads, "composite_fix": composite_fix,
-              "images": config["ids"],
-              "versions": {"numpy": np.__version__, "SimpleITK": sitk.Version_VersionString(),
-                           "python": sys.version.split()[0]}}
-    Path(result_file).write_text(json.dumps(result))
+    return stages, targets, settings
 
 
 # ---------------------------------------------------------------------------------------------------------

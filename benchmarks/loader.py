@@ -1,12 +1,14 @@
 """Loader throughput: augmented samples per second, per stage, per core and with N worker processes.
 
-Two configurations (issue 5):
+Three configurations (issues 5 and 11):
 - hand: 2D radiographs (the real ones in ../shared/data/hand_xray_real when present, else synthetic
   phantoms of the same size) -> 256 x 256 input + 37 landmark points on the 256 x 256 heatmap grid, the full
   training chain (fit to size, translation, rotation, scaling, 5 x 5 B-spline deformation, intensity
   augmentation);
 - volume: synthetic 256^3 volumes of 1 mm voxels (a torso phantom with air around it) -> 128^3 input + 10
-  points on the 128^3 grid, the 3D training chain.
+  points on the 128^3 grid, the 3D training chain;
+- spine: synthetic spine CTs of 2 mm voxels, 250-450 mm long -> the authors' 96 x 96 x 192 input at 2 mm
+  (`--data-kind spine_ct`: random crops along the long axis, mm augmentation, HU intensities) + 26 points.
 
 The targets are drawn in the model (`utils.landmarks.targets`), not here. For each configuration it reports
 (1) the time of every stage of one sample in this process (transform draw, resampling, intensity, landmark
@@ -23,8 +25,9 @@ Commands (from the repository root)::
 
 With ``--authors-framework`` and ``--authors-example`` (checkouts of the authors' code, see
 benchmarks/README.md), the hand configuration is also measured with the authors' framework in the same run
-(`benchmarks.authors`: their hand_xray chain, one core), and the ratio per core is reported: our in-process
-samples/s (one core) over theirs.
+(`benchmarks.authors`: their hand_xray chain, one core), and so is the spine configuration (their spine
+chain on the same volumes, from the ``spine`` folder beside ``--authors-example``); the ratio per core is
+reported: our in-process samples/s (one core) over theirs.
 """
 
 from __future__ import annotations
@@ -42,22 +45,24 @@ import numpy as np
 import psutil
 import SimpleITK as sitk
 
-from benchmarks.authors import HOW_TO, authors_hand_samples_per_s, skip_reason
+from benchmarks.authors import HOW_TO, authors_hand_samples_per_s, authors_spine_samples_per_s, skip_reason
 from benchmarks.common import format_table, machine_info, time_calls, write_results
 from dataset import Dataset
 from utils.data.order import sample_rng
 from utils.data.sample import heatmap_points
 from utils.io.id_list import write_id_list
-from utils.synthetic import generate_hand_dataset, generate_volume_dataset
+from utils.synthetic import generate_hand_dataset, generate_spine_dataset, generate_volume_dataset
 from utils.transforms.warp import warp
 
 REAL_HANDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hand_xray_real"
 CONFIGS = {
-    # name: (image size (x, y[, z]), landmarks, batch size, dim)
-    "hand": ((256, 256), 37, 8, 2),
-    "volume": ((128, 128, 128), 10, 2, 3),
+    # name: (image size (x, y[, z]), landmarks, batch size, dim, data kind)
+    "hand": ((256, 256), 37, 8, 2, "hand_xray"),
+    "volume": ((128, 128, 128), 10, 2, 3, "custom3d"),
+    "spine": ((96, 96, 192), 26, 1, 3, "spine_ct"),  # the authors' spine input: 2 mm, crops of long volumes
 }
-QUICK_CONFIGS = {"hand": ((64, 64), 37, 4, 2), "volume": ((24, 24, 24), 10, 2, 3)}
+QUICK_CONFIGS = {"hand": ((64, 64), 37, 4, 2, "hand_xray"), "volume": ((24, 24, 24), 10, 2, 3, "custom3d"),
+                 "spine": ((24, 24, 48), 26, 1, 3, "spine_ct")}
 
 
 def hand_folder(cache: Path, quick: bool) -> tuple[Path, str]:
@@ -86,10 +91,19 @@ def volume_folder(cache: Path, quick: bool) -> tuple[Path, str]:
     return folder, f"synthetic volumes of {size[0]}^3 voxels, 256 mm field of view"
 
 
+def spine_folder(cache: Path, quick: bool) -> tuple[Path, str]:
+    """A dataset folder of spine CT phantoms (about 85 x 85 x 125-225 voxels of 2 mm, 26 vertebrae, those
+    outside each scan missing)."""
+    folder = cache / ("spine_quick" if quick else "spine")
+    if not folder.is_dir():
+        generate_spine_dataset(folder, num_images=3 if quick else 8, seed=0)
+    return folder, "synthetic spine CTs (2 mm, 250-450 mm long)"
+
+
 def make_dataset(folder: Path, config: tuple, workers: int) -> Dataset:
-    size, landmarks, batch, dim = config
-    return Dataset(folder, spec="hand_xray" if dim == 2 else "custom3d", image_size=size, heatmap_size=size,
-                   num_landmarks=landmarks, fold=None, batch_size=batch, workers=workers, seed=0)
+    size, landmarks, batch, _, kind = config
+    return Dataset(folder, spec=kind, image_size=size, heatmap_size=size, num_landmarks=landmarks, fold=None,
+                   batch_size=batch, workers=workers, seed=0)
 
 
 def stage_times(dataset: Dataset, repeats: int) -> list[dict[str, Any]]:
@@ -174,6 +188,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--authors-example", type=Path,
                         help="the hand_xray folder of MedicalDataAugmentationTool-HeatmapRegression")
     parser.add_argument("--authors-samples", type=int, default=100, help="samples per timed pass of theirs")
+    parser.add_argument("--authors-spine-samples", type=int, default=10,
+                        help="samples per timed pass of their spine chain (seconds each)")
     return parser.parse_args(argv)
 
 
@@ -185,11 +201,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cache = Path(args.cache)
     results: dict[str, Any] = {}
     for name in args.configs:
-        folder, data = (hand_folder if name == "hand" else volume_folder)(cache, args.quick)
+        folder, data = {"hand": hand_folder, "volume": volume_folder, "spine": spine_folder}[name](
+            cache, args.quick)
         with make_dataset(folder, configs[name], 0) as dataset:
             stages = stage_times(dataset, repeats)
         rates = [throughput(folder, configs[name], count, batches) for count in workers]
-        size, landmarks, batch, _ = configs[name]
+        size, landmarks, batch, *_ = configs[name]
         print(f"\n{name}: {data}, input {'x'.join(map(str, size))} + {landmarks} points, batch {batch}")
         print(format_table(stages, [("stage", "stage", "s"), ("ms", "ms/sample", ".2f")]))
         print(format_table(rates, [("workers", "workers", "d"), ("samples_per_s", "samples/s", ".1f"),
@@ -197,21 +214,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                    ("worker_peak_rss_mb", "worker peak RSS MB", ".0f")]))
         results[name] = {"data": data, "input_size": list(size), "num_landmarks": landmarks,
                          "batch_size": batch, "stages": stages, "throughput": rates}
-        if name == "hand" and not args.quick:
-            results[name]["authors"] = side_by_side(args, folder, configs[name], rates, batches)
+        if name in ("hand", "spine") and not args.quick:
+            results[name]["authors"] = side_by_side(args, name, folder, configs[name], rates, batches)
     config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     return write_results(args.output, "loader", config, results, machine=machine_info())
 
 
-def side_by_side(args: argparse.Namespace, folder: Path, config: tuple, rates: list[dict], batches: int
-                 ) -> dict[str, Any]:
-    """The authors' framework on the same radiographs, then ours in-process again: samples/s per core."""
+def side_by_side(args: argparse.Namespace, name: str, folder: Path, config: tuple, rates: list[dict],
+                 batches: int) -> dict[str, Any]:
+    """The authors' framework on the same images (their hand example on the radiographs, or their spine
+    example on the spine volumes), then ours in-process again: samples/s per core."""
     reason = skip_reason(args.authors_framework, args.authors_example)
     if reason is not None:
         print(f"authors' framework not measured: {HOW_TO}")
         return {"skipped": reason}
-    theirs = authors_hand_samples_per_s(args.authors_framework, args.authors_example, REAL_HANDS,
-                                        args.authors_samples, repeats=3)
+    if name == "spine":
+        spine_example = Path(args.authors_example).parent / "spine"
+        theirs = authors_spine_samples_per_s(args.authors_framework, spine_example, folder,
+                                             args.authors_spine_samples, repeats=3)
+    else:
+        theirs = authors_hand_samples_per_s(args.authors_framework, args.authors_example, REAL_HANDS,
+                                            args.authors_samples, repeats=3)
     ours = [rate["samples_per_s"] for rate in rates if rate["workers"] == 0]
     ours.append(throughput(folder, config, 0, batches)["samples_per_s"])  # after theirs: same conditions
     mine = float(np.median(ours))

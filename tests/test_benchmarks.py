@@ -98,7 +98,7 @@ def test_loader_quick_writes_results(tmp_path):
     loader.main(["--quick", "--cache", str(tmp_path / "data"), "--output", str(output)])
     document = _read_json(output)
     assert document["benchmark"] == "loader"
-    for name in ("hand", "volume"):
+    for name in ("hand", "volume", "spine"):
         result = document["results"][name]
         stages = {row["stage"]: row["ms"] for row in result["stages"]}
         assert stages["whole sample"] > 0 and stages["resample (SimpleITK, 1 thread, full image)"] > 0
@@ -242,3 +242,69 @@ def test_authors_driver_runs_their_code_alone_in_a_child_process(tmp_path):
     assert result["targets"]["landmarks_with_nonzero_heatmap_mean"] == 1
     assert {row["stage"] for row in result["stages"]} >= {"37 dense heatmaps", "draw transform (composite)"}
     assert "median of 2 passes of 3 samples" in authors.describe(result)
+
+
+_FAKE_SPINE_EXAMPLE = '''
+from pathlib import Path
+
+import numpy as np
+
+
+class Settings:
+    def __init__(self, **settings):
+        vars(self).update(settings)
+
+
+class Train:
+    def __init__(self, folder, size, count):
+        self.ids = (folder / "setup" / "train_all.txt").read_text().split()
+        rows = (folder / "setup" / "points_world_coordinates.csv").read_text().splitlines()
+        self.points = {row.split(",")[0]: np.array(row.split(",")[1:], float).reshape(count, 3)
+                       for row in rows}
+        self.size, self.count = size, count
+        chain = [Settings(grid_nodes=[5, 5, 5]), Settings(angle=0.2)]
+        self.transformations = [Settings(transformations=chain)]
+        self.data_generators = [Settings(output_size=size)]
+        self.data_sources = [Settings(root_location=str(folder / "images"))]
+        self.drawn = 0
+
+    def get_next(self):
+        image_id = self.ids[self.drawn % len(self.ids)]
+        self.drawn += 1
+        assert (Path(self.data_sources[0].root_location) / f"{image_id}.nii.gz").is_file()
+        return {"generators": {"image": np.zeros([1, *self.size[::-1]], np.float32),
+                               "landmarks": self.points[image_id]}}
+
+
+class Dataset:
+    def __init__(self, image_size, image_spacing, sigma, num_landmarks, base_folder, cv, data_format,
+                 save_debug_images):
+        assert cv == -1 and image_spacing == [2.0, 2.0, 2.0]
+        self.train = Train(Path(base_folder), image_size, num_landmarks)
+
+    def dataset_train(self):
+        return self.train
+'''
+
+
+def test_authors_spine_driver_converts_the_volumes_and_runs_their_code(tmp_path):
+    import SimpleITK as sitk
+
+    from benchmarks import authors
+
+    framework, example, data = tmp_path / "framework", tmp_path / "spine", tmp_path / "data"
+    for path, text in {**_FAKE_FRAMEWORK, "../spine/dataset.py": _FAKE_SPINE_EXAMPLE,
+                       "../hand_xray/dataset.py": ""}.items():
+        (framework / path).parent.mkdir(parents=True, exist_ok=True)
+        (framework / path).write_text(text)
+    (data / "images").mkdir(parents=True)
+    (data / "setup").mkdir()
+    for name in ("v1", "v0"):
+        sitk.WriteImage(sitk.Image(4, 4, 8, sitk.sitkInt16), str(data / "images" / f"{name}.mha"))
+    row = ",".join(["1.5"] * 3 + [""] * 75)  # vertebra 0 present, the others missing (empty fields)
+    (data / "setup" / "all.csv").write_text(f"v0,{row}\nv1,{row}\n")
+    result = authors.authors_spine_samples_per_s(framework, example, data, num_samples=2, repeats=2)
+    assert result["images"] == ["v0", "v1"] and len(result["runs"]) == 2 and result["samples_per_s"] > 0
+    assert result["targets"]["generators"] == {"image": [1, 192, 96, 96], "landmarks": [26, 3]}
+    assert result["settings"]["spatial_chain"][0]["grid_nodes"] == [5, 5, 5]
+    assert result["threads"]["environment"]["OMP_NUM_THREADS"] == "1"
