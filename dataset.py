@@ -70,6 +70,8 @@ class DataSpec:
         landmark_units: What the CSVs hold: "pixel" (indices) or "physical" (the image's physical space).
             Converted ONCE, at load, to physical points.
         ignore_spacing: Use spacing 1 instead of the files' spacing (untrustworthy spacing).
+        reset_frame: Read every image with origin 0 and identity direction: the authors' spine reader does,
+            so their coordinates are in that frame.
         mm_reference: (landmark i, landmark j, distance in mm): millimetres defined by a reference distance
             in every image; None: physical units are millimetres (from the spacing).
         num_landmarks: Landmarks per image of the kind (None: the user says, --num-landmarks).
@@ -106,6 +108,7 @@ class DataSpec:
     ignore_spacing: bool
     mm_reference: tuple[int, int, float] | None
     num_landmarks: int | None = None
+    reset_frame: bool = False
     annotations: tuple[str, ...] = ("all.csv",)
     references: dict[str, tuple[str, ...]] | None = None
     outlier_thresholds: tuple[float, ...] = (2.0, 4.0, 10.0)
@@ -172,6 +175,7 @@ CEPHALOMETRIC = DataSpec(
 """ISBI 2015 cephalograms: 19 landmarks in mm on 0.1 mm pixels, two annotators, four ground truths."""
 SPINE_CT = DataSpec(
     "spine_ct", 3, landmark_units="physical", ignore_spacing=False, mm_reference=None, num_landmarks=26,
+    reset_frame=True,  # their reader sets origin 0 and identity direction: the CSV is in that frame
     image_spacing=2.0,  # 2 mm voxels (their input 96 x 96 x 192)
     intensity_range=(-2048.0, 2048.0), intensity_floor=-1024.0,  # HU / 2048, below -1024 raised to it
     intensity_shift=0.15, intensity_scale=0.15,
@@ -373,7 +377,7 @@ class ImageSamples:
 
     def _prepare(self, path: Path) -> SourceImage:
         spec = self.spec
-        image = read_image(path, spec.ignore_spacing, self.generator.output.dim)
+        image = read_image(path, spec.ignore_spacing, self.generator.output.dim, spec.reset_frame)
         check_pixel_spacing(spec, Geometry.from_image(image), path)
         return prepare_source(image, self.generator.spatial, self.generator.output, spec.intensity_range,
                               spec.intensity_floor)
@@ -477,7 +481,7 @@ class Dataset:
                         raise DataError(f"id {image_id!r} of {split / list_name} has no row in {csv_path}",
                                         path=split / list_name, image_id=image_id)
                 path = self._image_path(image_id, files)
-                geometry = read_geometry(path, spec.ignore_spacing)
+                geometry = read_geometry(path, spec.ignore_spacing, spec.reset_frame)
                 if geometry.dim != dim:
                     raise ValueError(f"image {path} is {geometry.dim}D (size {geometry.size}), but the input "
                                      f"size {tuple(image_size)} is {dim}D")

@@ -558,7 +558,7 @@ def check_dataset(params: Parameters, folds_to_check: str) -> ValidationReport:
     return validate_dataset(dataset_folder(params), num_landmarks=params.num_landmarks, dim=params.dim,
                             folds=folds_to_check, landmark_units=spec.landmark_units,
                             ignore_spacing=spec.ignore_spacing, annotations=spec.csv_files,
-                            pixel_spacing=spec.pixel_spacing)
+                            pixel_spacing=spec.pixel_spacing, reset_frame=spec.reset_frame)
 
 
 def chain_options(params: Parameters) -> dict:

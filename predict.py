@@ -237,7 +237,7 @@ def predict_files(model: LoadedModel, files: dict[str, Path], output: Path, over
                     sample = samples(index, None)
                     if markups:  # the file's own geometry, read here so that a failure names the file
                         sample = {**sample, "file_geometry": read_geometry(paths[index])
-                                  if spec.ignore_spacing else sample["geometry"]}
+                                  if spec.ignore_spacing or spec.reset_frame else sample["geometry"]}
                     prepared.append((index, sample))
                 except (DataError, OSError, ValueError, RuntimeError) as error:
                     result["failed"][ids[index]] = {"file": str(paths[index]), "error": str(error)}

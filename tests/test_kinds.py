@@ -331,3 +331,21 @@ def test_check_reports_a_cephalogram_of_another_spacing(tmp_path, ceph_dir):
                               progress_seconds=None)
     assert any("ceph_0001.mha has spacing (0.2, 0.2), but this kind of data needs 0.1 mm" in error.message
                for error in report.errors)
+
+
+def test_spine_kind_reads_volumes_in_the_authors_frame(tmp_path):
+    from utils.data.sample import read_geometry
+    from utils.io.image import read_image
+
+    image = sitk.Image(6, 5, 4, sitk.sitkInt16)
+    image.SetOrigin((-30.0, 12.0, 400.0))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    image.SetSpacing((0.8, 0.8, 2.5))
+    sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
+    for geometry in (Geometry.from_image(read_image(tmp_path / "ct.nii.gz", reset_frame=True)),
+                     read_geometry(tmp_path / "ct.nii.gz", reset_frame=True)):
+        assert geometry.origin == (0.0, 0.0, 0.0) and geometry.direction == tuple(np.eye(3).ravel())
+        assert geometry.spacing == pytest.approx((0.8, 0.8, 2.5))
+    assert DATA_SPECS["spine_ct"].reset_frame and not DATA_SPECS["custom3d"].reset_frame
+    _, points = render_spine(np.random.default_rng([3, 1]))  # the phantom writes that frame itself
+    assert np.nanmin(points) > 0.0

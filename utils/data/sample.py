@@ -96,15 +96,17 @@ def prepare_source(image: sitk.Image, spatial: SpatialAugmentation, output: Geom
     return SourceImage(geometry, WarpSource.from_array(normalised, reduced_geometry, outside))
 
 
-def read_geometry(path: str | os.PathLike, ignore_spacing: bool = False) -> Geometry:
+def read_geometry(path: str | os.PathLike, ignore_spacing: bool = False, reset_frame: bool = False
+                  ) -> Geometry:
     """Reads only the header of an image file and returns its geometry (as `utils.io.image.read_image`
-    would give it: a 3D image with a last axis of size 1 becomes 2D; spacing 1 with `ignore_spacing`).
+    would give it: a 3D image with a last axis of size 1 becomes 2D; spacing 1 with `ignore_spacing`; origin
+    0 and identity direction with `reset_frame`).
 
     Raises:
         FileNotFoundError: The file does not exist.
         DataError: The header is unreadable or its geometry unusable (names the file).
     """
-    header = read_image_header(path, ignore_spacing)
+    header = read_image_header(path, ignore_spacing, reset_frame=reset_frame)
     return Geometry(header.size, header.spacing, header.origin, header.direction)
 
 

@@ -246,11 +246,12 @@ def _check_image(
     landmark_units: str,
     ignore_spacing: bool,
     pixel_spacing: float | None = None,
+    reset_frame: bool = False,
 ) -> None:
     """Decodes one image; records problems with it (at `severity`): among them a spacing other than
     `pixel_spacing` where one is required; landmarks outside it (warning)."""
     try:
-        image = read_image(path, ignore_spacing=ignore_spacing)
+        image = read_image(path, ignore_spacing=ignore_spacing, reset_frame=reset_frame)
     except DataError as error:
         report.add_data_error(error, severity)
         return
@@ -298,6 +299,7 @@ def validate_dataset(
     progress_seconds: float | None = 5.0,
     annotations: Sequence[str] = ("all.csv",),
     pixel_spacing: float | None = None,
+    reset_frame: bool = False,
 ) -> ValidationReport:
     """Checks a dataset folder (layout: README "Your own 2D data") and reports every problem found.
 
@@ -320,6 +322,7 @@ def validate_dataset(
         annotations: the landmark CSVs in setup/ (several for a kind with several annotators); each is
             checked, and the images' landmarks against the first.
         pixel_spacing: the spacing (mm) every image must carry (cephalograms: 0.1), or None.
+        reset_frame: read the images with origin 0 and identity direction (the spine CT kind).
 
     Returns:
         The report: `errors`, `warnings`, `infos`, `ok` and `format()`.
@@ -392,7 +395,8 @@ def validate_dataset(
         severity = ERROR if image_id in used else WARNING
         points = None if table is None else table.get(image_id)
         for path in paths:
-            _check_image(report, path, severity, points, dim, landmark_units, ignore_spacing, pixel_spacing)
+            _check_image(report, path, severity, points, dim, landmark_units, ignore_spacing, pixel_spacing,
+                         reset_frame)
             done += 1
             progress(done)
     report.add(INFO, f"{folder}: checked {_plural(2 * len(splits), 'split file')} (folds "

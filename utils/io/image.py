@@ -126,7 +126,7 @@ def _check_geometry(header: ImageHeader, path: Path, ignore_spacing: bool, dim: 
 
 
 def read_image_header(
-    path: str | os.PathLike, ignore_spacing: bool = False, dim: int | None = None
+    path: str | os.PathLike, ignore_spacing: bool = False, dim: int | None = None, reset_frame: bool = False
 ) -> ImageHeader:
     """Reads only the header of an image file (fast: the pixel data is not decoded).
 
@@ -134,6 +134,7 @@ def read_image_header(
         path: the image file, in any format SimpleITK reads.
         ignore_spacing: if True, the spacing is reported as 1 on every axis (and not checked).
         dim: the expected dimension (2 or 3) after the squeeze of `read_image`, or None to accept any.
+        reset_frame: if True, the origin is reported as 0 and the direction as identity (`read_image`).
 
     Returns:
         The header, with the geometry `read_image` would give the image.
@@ -146,13 +147,15 @@ def read_image_header(
     path = Path(path)
     _, header = _open(path)
     _check_geometry(header, path, ignore_spacing, dim)
-    if ignore_spacing:
-        header = ImageHeader(header.size, (1.0,) * header.dim, header.origin, header.direction,
-                             header.pixel_type, header.components)
-    return header
+    spacing = (1.0,) * header.dim if ignore_spacing else header.spacing
+    origin, direction = header.origin, header.direction
+    if reset_frame:
+        origin, direction = (0.0,) * header.dim, tuple(np.eye(header.dim).ravel())
+    return ImageHeader(header.size, spacing, origin, direction, header.pixel_type, header.components)
 
 
-def read_image(path: str | os.PathLike, ignore_spacing: bool = False, dim: int | None = None) -> sitk.Image:
+def read_image(path: str | os.PathLike, ignore_spacing: bool = False, dim: int | None = None,
+               reset_frame: bool = False) -> sitk.Image:
     """Reads an image in any format SimpleITK reads (.mha, .nii.gz, .nrrd, .png, ...).
 
     A 3D image whose last axis has size 1 (how 2D radiographs are often stored) becomes a 2D image with the
@@ -164,6 +167,8 @@ def read_image(path: str | os.PathLike, ignore_spacing: bool = False, dim: int |
         ignore_spacing: if True, the spacing is set to 1 on every axis (used for the hand radiographs, whose
             stored spacing is unreliable; origin and direction are kept).
         dim: the expected dimension (2 or 3) after the squeeze above, or None to accept either.
+        reset_frame: if True, the origin is set to 0 and the direction to identity (what the authors' spine
+            and heart readers do: their coordinates are in that frame).
 
     Returns:
         The image, with its geometry.
@@ -187,6 +192,9 @@ def read_image(path: str | os.PathLike, ignore_spacing: bool = False, dim: int |
         image = _drop_last_axis(image)
     if ignore_spacing:
         image.SetSpacing([1.0] * image.GetDimension())
+    if reset_frame:
+        image.SetOrigin([0.0] * image.GetDimension())
+        image.SetDirection(np.eye(image.GetDimension()).ravel().tolist())
     return image
 
 

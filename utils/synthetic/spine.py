@@ -53,9 +53,9 @@ def render_spine(rng: np.random.Generator) -> tuple[sitk.Image, np.ndarray]:
     """Renders one spine CT phantom.
 
     Returns:
-        (image, landmarks): a 3D int16 SimpleITK image (HU, identity direction, centred at the origin, spacing
-        in mm) and the (26, 3) physical positions (x, y, z) in mm of the vertebral body centres, NaN rows for
-        the vertebrae outside the scan.
+        (image, landmarks): a 3D int16 SimpleITK image (HU, spacing in mm, origin 0 and identity direction,
+        the frame of the authors' spine coordinates) and the (26, 3) physical positions (x, y, z) in mm of
+        the vertebral body centres, NaN rows for the vertebrae outside the scan.
     """
     scale = rng.uniform(0.9, 1.05)
     centers, semi_axes, pitches = _spine(rng, scale)
@@ -106,11 +106,10 @@ def render_spine(rng: np.random.Generator) -> tuple[sitk.Image, np.ndarray]:
     array = ndimage.gaussian_filter(canvas.array, rng.uniform(0.4, 0.8))
     array += rng.uniform(15.0, 40.0) * rng.standard_normal(array.shape, dtype=np.float32)
     image = sitk.GetImageFromArray(np.clip(np.round(array), -1024, 3071).astype(np.int16))
-    image.SetSpacing(tuple(float(s) for s in spacing))
-    image.SetOrigin(tuple(float(o) for o in origin))
-    landmarks = np.full((NUM_SPINE_LANDMARKS, 3), np.nan)
+    image.SetSpacing(tuple(float(s) for s in spacing))  # origin 0, identity direction: the frame of the
+    landmarks = np.full((NUM_SPINE_LANDMARKS, 3), np.nan)  # authors' spine coordinates (spine_ct kind)
     visible = slice(first, last + 1)
-    landmarks[visible] = np.array([place(c) for c in centers[visible]])
+    landmarks[visible] = np.array([place(c) for c in centers[visible]]) - origin
     return image, landmarks
 
 
