@@ -149,9 +149,11 @@ class Parameters:
     intensity_normalization: str = _field("image", "robust normalisation to [-1, 1]: image (1st/99th "
                                           "percentile of the whole image, once per image) or patch (the "
                                           "authors': 5th/95th percentile of each resampled patch, padding "
-                                          "included)", choices=tuple(NORMALIZATIONS))
+                                          "included); the kinds with fixed intensities (cephalometric, "
+                                          "spine_ct, heart ct) map theirs instead",
+                                          choices=tuple(NORMALIZATIONS))
     clamp: bool = _field(True, "clip the intensities to [-1, 1] after the random shift and scale (the "
-                         "authors' hand setup does not)")
+                         "authors' hand setup does not; heart mr's random gamma always clamps)")
     # ---- targets ----
     sigma: float = _field(3.0, "Gaussian sigma of the targets in heatmap pixels (the initial value with "
                           "--learn-sigma)", metavar="S")
@@ -782,8 +784,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
             # the sizes and options the networks take, and the data's chain (strengths, intensities)
             for network, size, options in {(p.networks[0], p.image_size, tuple(network_options(p).items()))
                                            for p, _ in runs}:
-                built = build_network(network, (*reversed(size), 1), experiment.num_landmarks, num_filters=1,
-                                      **dict(options))
+                try:
+                    built = build_network(network, (*reversed(size), 1), experiment.num_landmarks,
+                                          num_filters=1, **dict(options))
+                except ValueError as error:
+                    raise ValueError(f"--network {network}: {error}") from error
                 if spec.image_spacing is not None and tuple(built.output.shape[1:-1]) != tuple(size[::-1]):
                     raise ValueError(f"--network {network}: its heatmaps are smaller than its input, but "
                                      f"{spec.name} at a fixed spacing is tested on whole images by tiles, "
