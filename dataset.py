@@ -70,8 +70,10 @@ class DataSpec:
         landmark_units: What the CSVs hold: "pixel" (indices) or "physical" (the image's physical space).
             Converted ONCE, at load, to physical points.
         ignore_spacing: Use spacing 1 instead of the files' spacing (untrustworthy spacing).
-        reset_frame: Read every image with origin 0 and identity direction: the authors' spine reader does,
-            so their coordinates are in that frame.
+        reset_frame: Read every image with origin 0 and identity direction: the authors' readers do by
+            default, so their shipped spine coordinates are in that frame. (Their heart reader does too; the
+            heart kinds keep the files' frame, since no heart setup of theirs ships and yours will be in
+            it.)
         mm_reference: (landmark i, landmark j, distance in mm): millimetres defined by a reference distance
             in every image; None: physical units are millimetres (from the spacing).
         num_landmarks: Landmarks per image of the kind (None: the user says, --num-landmarks).

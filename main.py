@@ -11,7 +11,7 @@ Run from the repository root:
                                                         # CPU-sized defaults (CPU_3D), about 13 minutes
     python main.py --dim 3 --dataset DIR --num-landmarks 26 --image-size 64 64 128  # your volumes
     python main.py --data-kind cephalometric            # a kind of data (README "Kinds of data"); its
-    python main.py --data-kind spine_ct --image-spacing 4   # phantoms in data/synthetic_<kind>/
+    python main.py --data-kind spine_ct --image-spacing 4   # phantoms go to data/synthetic_<phantom>/
     python main.py --resume output/scn_cv1/<timestamp>  # continue a run from its last checkpoint
     python main.py --help                               # every parameter, with its unit
     KERAS_BACKEND=jax python main.py ...                # any Keras backend: tensorflow (default), jax, torch

@@ -121,20 +121,24 @@ def example_folder(data: Path, ids: Sequence[str], folder: Path) -> Path:
 def spine_example_folder(data: Path, folder: Path) -> tuple[Path, list[str]]:
     """The folder layout their spine example reads (``images/<id>.nii.gz``, ``setup/points_world_coordinates.
     csv``, ``setup/train_all.txt``), written into `folder` from a dataset folder of ours (``images/*.mha``,
-    ``setup/all.csv`` in mm, NaN for missing vertebrae): the volumes are converted once, untimed."""
+    ``setup/all.csv`` in mm, NaN for missing vertebrae, ``setup/train.txt``): the training volumes that our
+    loader draws from (`Dataset` with fold None), converted once, untimed."""
     import SimpleITK as sitk
 
-    points = data / "setup" / "all.csv"
-    if not points.is_file():
-        raise AuthorsFrameworkUnavailable(f"{data} needs setup/all.csv (and images/*.mha)")
+    points, listed = data / "setup" / "all.csv", data / "setup" / "train.txt"
+    if not points.is_file() or not listed.is_file():
+        raise AuthorsFrameworkUnavailable(f"{data} needs setup/all.csv, setup/train.txt and images/*.mha")
     (folder / "images").mkdir(parents=True)
     (folder / "setup").mkdir()
-    ids = []
-    for path in sorted((data / "images").glob("*.mha")):
-        sitk.WriteImage(sitk.ReadImage(str(path)), str(folder / "images" / f"{path.stem}.nii.gz"))
-        ids.append(path.stem)
+    annotated = {line.split(",", 1)[0].strip() for line in points.read_text().splitlines() if line.strip()}
+    ids = [image_id for image_id in listed.read_text().split()
+           if image_id in annotated and (data / "images" / f"{image_id}.mha").is_file()]
+    for image_id in ids:
+        sitk.WriteImage(sitk.ReadImage(str(data / "images" / f"{image_id}.mha")),
+                        str(folder / "images" / f"{image_id}.nii.gz"))
     if not ids:
-        raise AuthorsFrameworkUnavailable(f"no volume in {data / 'images'}")
+        raise AuthorsFrameworkUnavailable(f"no id of {listed} has an image in {data / 'images'} and a row in "
+                                          f"{points}")
     rows = [line.split(",") for line in points.read_text().splitlines() if line.strip()]
     (folder / "setup" / "points_world_coordinates.csv").write_text(
         "".join(",".join([row[0], *(value.strip() or "nan" for value in row[1:])]) + "\n" for row in rows))
@@ -154,9 +158,11 @@ def authors_spine_samples_per_s(framework: Path | str, example: Path | str, data
     output. Args and result as `authors_hand_samples_per_s` (without the stage pass); `data` is a dataset
     folder of ours with volumes and their landmarks in mm (e.g. `python -m utils.synthetic spine_ct`).
     """
-    reason = skip_reason(framework, Path(example).parent / "hand_xray")
-    if reason is not None or not (Path(example) / EXAMPLE_MARKER).is_file():
-        raise AuthorsFrameworkUnavailable(reason or f"--authors-spine {example} has no {EXAMPLE_MARKER}")
+    reason = skip_reason(framework, example)  # example: their spine folder (spine/dataset.py)
+    if reason is not None:
+        raise AuthorsFrameworkUnavailable(reason)
+    if num_samples < 1 or repeats < 1:
+        raise ValueError(f"num_samples and repeats must be >= 1, received {num_samples} and {repeats}")
     with tempfile.TemporaryDirectory(prefix="authors_spine_") as scratch:
         folder, ids = spine_example_folder(Path(data), Path(scratch) / "spine_dataset")
         config = {"experiment": "spine", "framework": str(Path(framework).resolve()),

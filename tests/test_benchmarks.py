@@ -293,8 +293,7 @@ def test_authors_spine_driver_converts_the_volumes_and_runs_their_code(tmp_path)
     from benchmarks import authors
 
     framework, example, data = tmp_path / "framework", tmp_path / "spine", tmp_path / "data"
-    for path, text in {**_FAKE_FRAMEWORK, "../spine/dataset.py": _FAKE_SPINE_EXAMPLE,
-                       "../hand_xray/dataset.py": ""}.items():
+    for path, text in {**_FAKE_FRAMEWORK, "../spine/dataset.py": _FAKE_SPINE_EXAMPLE}.items():
         (framework / path).parent.mkdir(parents=True, exist_ok=True)
         (framework / path).write_text(text)
     (data / "images").mkdir(parents=True)
@@ -302,9 +301,11 @@ def test_authors_spine_driver_converts_the_volumes_and_runs_their_code(tmp_path)
     for name in ("v1", "v0"):
         sitk.WriteImage(sitk.Image(4, 4, 8, sitk.sitkInt16), str(data / "images" / f"{name}.mha"))
     row = ",".join(["1.5"] * 3 + [""] * 75)  # vertebra 0 present, the others missing (empty fields)
-    (data / "setup" / "all.csv").write_text(f"v0,{row}\nv1,{row}\n")
+    (data / "setup" / "all.csv").write_text(f"v0,{row}\nv1,{row}\nv2,{row}\n")  # v2: no image
+    (data / "setup" / "train.txt").write_text("v1\nv0\nv2\n")
     result = authors.authors_spine_samples_per_s(framework, example, data, num_samples=2, repeats=2)
-    assert result["images"] == ["v0", "v1"] and len(result["runs"]) == 2 and result["samples_per_s"] > 0
+    assert result["images"] == ["v1", "v0"] and len(result["runs"]) == 2 and result["samples_per_s"] > 0
+    assert result["warmup"] == 4  # two passes over the volumes: all in their cache
     assert result["targets"]["generators"] == {"image": [1, 192, 96, 96], "landmarks": [26, 3]}
     assert result["settings"]["spatial_chain"][0]["grid_nodes"] == [5, 5, 5]
     assert result["threads"]["environment"]["OMP_NUM_THREADS"] == "1"

@@ -349,3 +349,34 @@ def test_spine_kind_reads_volumes_in_the_authors_frame(tmp_path):
     assert DATA_SPECS["spine_ct"].reset_frame and not DATA_SPECS["custom3d"].reset_frame
     _, points = render_spine(np.random.default_rng([3, 1]))  # the phantom writes that frame itself
     assert np.nanmin(points) > 0.0
+
+
+def test_a_kind_in_the_reset_frame_trains_tests_and_predicts_in_it(tmp_path):
+    import keras
+
+    import predict
+    from utils.io.markups import read_markups
+    from utils.training.evaluation import evaluate
+
+    in_file_frame = write_long_ct(tmp_path / "data")[0]  # origin (5, -7, 11), rotated direction
+    image = sitk.ReadImage(str(tmp_path / "data" / "images" / "long.mha"))
+    index = np.array(image.TransformPhysicalPointToContinuousIndex(in_file_frame.tolist()))
+    in_reset_frame = index * np.array(image.GetSpacing())  # origin 0, identity direction
+    write_landmarks_csv(tmp_path / "data" / "setup" / "all.csv", {"long": in_reset_frame[None]})
+    spec = dataclasses.replace(CUSTOM_3D, image_spacing=2.0, reset_frame=True)
+    dataset = Dataset(tmp_path / "data", spec=spec, image_size=(16, 16, 16), num_landmarks=1, fold=None,
+                      clamp=False)
+    inputs = keras.Input((16, 16, 16, 1))
+    identity = keras.Model(inputs, keras.layers.Identity()(inputs))
+    result = evaluate(identity, dataset.validation_samples(), tmp_path / "iter_0", dataset.to_csv_units)
+    assert result.errors[0, 0] < 1.0
+    params = Parameters(dim=3, data_kind="custom3d", image_spacing=2.0, image_size=(16, 16, 16),
+                        num_landmarks=1, clamp=False)
+    model = predict.LoadedModel(params=params, heatmaps=lambda batch: batch, description="identity",
+                                info={"data_spec": dataclasses.asdict(spec), "heatmap_size": [16, 16, 16],
+                                      "landmark_names": ["blob"]})
+    found = predict.predict_files(model, {"long": tmp_path / "data" / "images" / "long.mha"},
+                                  tmp_path / "out", markups=True)["images"]["long"]["landmarks"][0]
+    assert np.linalg.norm(np.array(found) - in_reset_frame) < 1.0  # landmarks.csv: the CSV's frame
+    markups = read_markups(tmp_path / "out" / "markups" / "long.mrk.json")
+    assert np.linalg.norm(markups.points[0] - in_file_frame) < 1.0  # Slicer: the file's own frame

@@ -423,6 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="what all.csv holds (default: pixel in 2D, physical in 3D)")
     parser.add_argument("--ignore-spacing", action=argparse.BooleanOptionalAction,
                         help="use spacing 1 instead of the files' (default: yes in 2D, no in 3D)")
+    parser.add_argument("--reset-frame", action="store_true",
+                        help="read the images with origin 0 and identity direction (the spine CT kind, whose "
+                             "coordinates are in that frame)")
     parser.add_argument("--annotations", nargs="+", default=["all.csv"], metavar="CSV",
                         help="landmark files in setup/, the first checked against the images (default "
                              "all.csv; cephalograms: all_challenge.csv all_senior.csv all_junior.csv; "
@@ -434,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = validate_dataset(
             args.dataset_dir, num_landmarks=args.num_landmarks, dim=args.dim, folds=args.cv,
             landmark_units=args.landmark_units, ignore_spacing=args.ignore_spacing,
-            annotations=args.annotations,
+            annotations=args.annotations, reset_frame=args.reset_frame,
         )
     except ValueError as error:
         parser.error(str(error))

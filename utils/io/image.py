@@ -167,8 +167,8 @@ def read_image(path: str | os.PathLike, ignore_spacing: bool = False, dim: int |
         ignore_spacing: if True, the spacing is set to 1 on every axis (used for the hand radiographs, whose
             stored spacing is unreliable; origin and direction are kept).
         dim: the expected dimension (2 or 3) after the squeeze above, or None to accept either.
-        reset_frame: if True, the origin is set to 0 and the direction to identity (what the authors' spine
-            and heart readers do: their coordinates are in that frame).
+        reset_frame: if True, the origin is set to 0 and the direction to identity (what the authors'
+            readers do by default: their spine coordinates are in that frame).
 
     Returns:
         The image, with its geometry.
