@@ -5,8 +5,8 @@ A whole spine is built in the body frame (x to the patient's left, y posterior, 
 T1-T12 and L1-L5 (landmarks 0-23; 24 and 25, the rare extra vertebrae of the authors' list, never occur
 here), vertebral bodies growing in size and spacing from the neck to the lumbar spine along a randomly curved
 line, with ribs on the thoracic vertebrae, lungs beside them, the skull base above C1 and the sacrum below
-L5. Each scan shows a random stretch of 10 to 20 vertebrae: a vertebra whose centre lies outside it is
-missing (NaN in `all.csv`), as in the authors' spine CT list. Intensities are Hounsfield units (int16).
+L5. Each scan shows a random stretch of 10 to 20 vertebrae: a vertebra whose centre lies outside it (also
+one the random pose moved out) is missing (NaN in `all.csv`), as in the authors' spine CT list. Intensities are Hounsfield units (int16).
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def render_spine(rng: np.random.Generator) -> tuple[sitk.Image, np.ndarray]:
     landmarks = np.full((NUM_SPINE_LANDMARKS, 3), np.nan)  # authors' spine coordinates (spine_ct kind)
     visible = slice(first, last + 1)
     landmarks[visible] = np.array([place(c) for c in centers[visible]]) - origin
+    index = landmarks / spacing  # a centre the pose moved out of the scan is not in it
+    landmarks[np.any((index < 0) | (index > np.array(size) - 1), axis=1)] = np.nan
     return image, landmarks
 
 
