@@ -6,7 +6,8 @@ T1-T12 and L1-L5 (landmarks 0-23; 24 and 25, the rare extra vertebrae of the aut
 here), vertebral bodies growing in size and spacing from the neck to the lumbar spine along a randomly curved
 line, with ribs on the thoracic vertebrae, lungs beside them, the skull base above C1 and the sacrum below
 L5. Each scan shows a random stretch of 10 to 20 vertebrae: a vertebra whose centre lies outside it (also
-one the random pose moved out) is missing (NaN in `all.csv`), as in the authors' spine CT list. Intensities are Hounsfield units (int16).
+one the random pose moved out) is missing (NaN in `all.csv`), as in the authors' spine CT list.
+Intensities are Hounsfield units (int16).
 """
 
 from __future__ import annotations
