@@ -215,15 +215,21 @@ class Dataset:
 '''
 
 
-def test_authors_driver_runs_their_code_alone_in_a_child_process(tmp_path):
-    from benchmarks import authors
-
-    framework, example, data = tmp_path / "framework", tmp_path / "hand_xray", tmp_path / "data"
-    for path, text in {**_FAKE_FRAMEWORK, "../hand_xray/dataset.py": _FAKE_EXAMPLE}.items():
+def _fake_checkouts(tmp_path, example_name: str, example_code: str):
+    """The stand-in framework, one stand-in example folder beside it, and an empty data folder."""
+    framework, example, data = tmp_path / "framework", tmp_path / example_name, tmp_path / "data"
+    for path, text in {**_FAKE_FRAMEWORK, f"../{example_name}/dataset.py": example_code}.items():
         (framework / path).parent.mkdir(parents=True, exist_ok=True)
         (framework / path).write_text(text)
     (data / "images").mkdir(parents=True)
     (data / "setup").mkdir()
+    return framework, example, data
+
+
+def test_authors_driver_runs_their_code_alone_in_a_child_process(tmp_path):
+    from benchmarks import authors
+
+    framework, example, data = _fake_checkouts(tmp_path, "hand_xray", _FAKE_EXAMPLE)
     for name in ("b", "a", "c"):
         (data / "images" / f"{name}.mha").write_bytes(b"")
     (data / "setup" / "all.csv").write_text("a,1,2\nb,3,4\n")  # c has no landmarks: left out
@@ -292,12 +298,7 @@ def test_authors_spine_driver_converts_the_volumes_and_runs_their_code(tmp_path)
 
     from benchmarks import authors
 
-    framework, example, data = tmp_path / "framework", tmp_path / "spine", tmp_path / "data"
-    for path, text in {**_FAKE_FRAMEWORK, "../spine/dataset.py": _FAKE_SPINE_EXAMPLE}.items():
-        (framework / path).parent.mkdir(parents=True, exist_ok=True)
-        (framework / path).write_text(text)
-    (data / "images").mkdir(parents=True)
-    (data / "setup").mkdir()
+    framework, example, data = _fake_checkouts(tmp_path, "spine", _FAKE_SPINE_EXAMPLE)
     for name in ("v1", "v0"):
         sitk.WriteImage(sitk.Image(4, 4, 8, sitk.sitkInt16), str(data / "images" / f"{name}.mha"))
     row = ",".join(["1.5"] * 3 + [""] * 75)  # vertebra 0 present, the others missing (empty fields)
