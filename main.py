@@ -511,6 +511,11 @@ def prepare_dataset(params: Parameters) -> Path:
     kind = _synthetic_kind(params)
     default = kind is not None and folder.resolve() == synthetic_folder(kind).resolve()
     if not default and not (params.generate_synthetic and kind):
+        if (folder / "setup").is_dir():  # a data set's setup waiting for its images (e.g. the authors')
+            guide = folder / "README.md"
+            raise FileNotFoundError(f"dataset folder {folder} has no images in {images}: put the images "
+                                    "there, named by the ids of its setup/ lists"
+                                    + (f" (see {guide})" if guide.is_file() else ""))
         what = "does not exist" if not folder.exists() else f"has no images in {images}"
         phantoms = (f", or for the synthetic phantoms leave out --dataset, add --generate-synthetic, or run "
                     f"python -m utils.synthetic {kind} {folder}" if kind else

@@ -218,13 +218,18 @@ def test_folds_and_run_names(tmp_path):
     assert main.run_name("scn", "2") == "scn_cv2" and main.run_name("unet", "none") == "unet_full"
 
 
-def test_dataset_folder_with_setup_but_no_images_is_an_error(tmp_path):
-    (tmp_path / "setup").mkdir()
-    (tmp_path / "setup" / "all.csv").write_text("")
+def test_dataset_folder_without_images_is_an_error_that_says_what_to_do(tmp_path):
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="has no images in .*--generate-synthetic"):
-        main.prepare_dataset(Parameters(dataset=str(tmp_path), data_kind="hand_xray"))
+        main.prepare_dataset(Parameters(dataset=str(tmp_path / "empty"), data_kind="hand_xray"))
     with pytest.raises(FileNotFoundError, match="--data-kind custom2d has no synthetic phantoms"):
-        main.prepare_dataset(Parameters(dataset=str(tmp_path)))
+        main.prepare_dataset(Parameters(dataset=str(tmp_path / "empty")))
+    (tmp_path / "setup").mkdir()  # a setup waiting for its images, as the shipped authors' setups
+    (tmp_path / "setup" / "all.csv").write_text("")
+    (tmp_path / "README.md").write_text("where the images come from")
+    with pytest.raises(FileNotFoundError, match=r"has no images in .*images: put the images there, named by "
+                                                r"the ids of its setup/ lists \(see .*README.md\)"):
+        main.prepare_dataset(Parameters(dataset=str(tmp_path), data_kind="cephalometric"))
 
 
 def test_naming_the_default_synthetic_folder_generates_it(tmp_path, monkeypatch):

@@ -157,3 +157,26 @@ def test_command_line_refuses_files_with_different_point_counts(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "a.mrk.json"), str(tmp_path / "b.fcsv"), "--output", str(tmp_path / "x.csv")])
     assert "b.fcsv: 2 points where the files before had 3; give --labels" in str(exit_info.value.code)
+
+
+def test_command_line_writes_the_reset_frame_of_the_spine_kind(tmp_path):
+    import SimpleITK as sitk
+
+    image = sitk.Image(20, 10, 30, sitk.sitkInt16)
+    image.SetSpacing((0.5, 0.8, 2.0))
+    image.SetOrigin((-40.0, 7.0, 300.0))
+    image.SetDirection((0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    (tmp_path / "images").mkdir()
+    sitk.WriteImage(image, str(tmp_path / "images" / "ct7.nii.gz"))
+    index = np.array([3.0, 4.0, 12.5])
+    write_markups_json(tmp_path / "ct7.mrk.json", ["T1"],
+                       np.array([image.TransformContinuousIndexToPhysicalPoint(index.tolist())]))
+    main([str(tmp_path / "ct7.mrk.json"), "--output", str(tmp_path / "all.csv"), "--reset-frame",
+          str(tmp_path / "images")])
+    written = read_landmarks_csv(tmp_path / "all.csv", 1, 3)["ct7"][0]
+    np.testing.assert_allclose(written, index * (0.5, 0.8, 2.0), atol=1e-6)  # origin 0, identity direction
+    write_markups_json(tmp_path / "ct8.mrk.json", ["T1"], np.zeros((1, 3)))
+    with pytest.raises(SystemExit, match=r"--reset-frame: 0 image files for id 'ct8'"):
+        main([str(tmp_path / "ct8.mrk.json"), "--output", str(tmp_path / "other.csv"), "--reset-frame",
+              str(tmp_path / "images")])
+    assert not (tmp_path / "other.csv").exists()

@@ -33,9 +33,11 @@ import numpy as np
 
 from utils.io.atomic import write_json_atomic
 from utils.io.errors import DataError, read_text_file
+from utils.io.image import read_image_header
 from utils.io.landmarks import write_landmarks_csv
+from utils.transforms.geometry import Geometry
 
-__all__ = ["PointList", "markups_id", "read_markups", "write_markups_json"]
+__all__ = ["PointList", "in_reset_frame", "markups_id", "read_markups", "write_markups_json"]
 
 # "missing", which Slicer writes and reads for a skipped point, is not in this schema version's enum
 SCHEMA = "https://raw.githubusercontent.com/Slicer/Slicer/main/Modules/Loadable/Markups/Resources/Schema/" \
@@ -188,6 +190,24 @@ def write_markups_json(path: str | os.PathLike, labels: Sequence[str], points: n
     write_json_atomic(path, {"@schema": SCHEMA, "markups": [markup]})
 
 
+def in_reset_frame(points: np.ndarray, image_path: str | os.PathLike) -> np.ndarray:
+    """(N, dim) physical points of an image file -> the same points in the frame of origin 0 and identity
+    direction (spacing kept) that `read_image(..., reset_frame=True)` gives the image: index x spacing."""
+    header = read_image_header(image_path, dim=points.shape[1])
+    geometry = Geometry(header.size, header.spacing, header.origin, header.direction)
+    return geometry.physical_to_index(points) * np.asarray(header.spacing)
+
+
+def _image_file(folder: Path, image_id: str) -> Path:
+    """The one image file of `image_id` in `folder` (named `<id>.<ext>`)."""
+    found = [path for path in sorted(Path(folder).glob(f"{image_id}.*"))
+             if path.name.split(".", 1)[0] == image_id]
+    if len(found) != 1:
+        raise FileNotFoundError(f"--reset-frame: {len(found)} image files for id {image_id!r} in {folder} "
+                                "(one is needed, named <id>.<ext>)")
+    return found[0]
+
+
 def _table(files: Sequence[Path], labels: Sequence[str] | None, dim: int) -> dict[str, np.ndarray]:
     """image id -> (N, dim) points of every file, matched by label (with `labels`) or by position."""
     table: dict[str, np.ndarray] = {}
@@ -235,11 +255,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "without one of them has it missing); default: the order of the points in each file")
     parser.add_argument("--dim", type=int, choices=(2, 3), default=3, help="2: keep x, y (points must lie "
                         "at z = 0); 3: x, y, z (default)")
+    parser.add_argument("--reset-frame", type=Path, metavar="IMAGES", help="the folder of the annotated "
+                        "images (<id>.<ext>): write the points in the frame of origin 0 and identity "
+                        "direction in which --data-kind spine_ct reads them (the authors' frame), instead of "
+                        "the files' own")
     args = parser.parse_args(argv)
     if args.labels is not None and len(set(args.labels)) < len(args.labels):
         parser.error(f"--labels names a label twice: {' '.join(args.labels)}")
     try:
         table = _table(args.files, args.labels, args.dim)  # everything is read before anything is written
+        if args.reset_frame is not None:
+            table = {image_id: in_reset_frame(points, _image_file(args.reset_frame, image_id))
+                     for image_id, points in table.items()}
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
     write_landmarks_csv(args.output, table)
