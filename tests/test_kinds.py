@@ -16,7 +16,7 @@ from utils.data.sample import prepare_source
 from utils.data.validate import validate_dataset
 from utils.io.errors import DataError
 from utils.io.landmarks import read_landmarks_csv, write_landmarks_csv
-from utils.landmarks.statistics import identification_counts
+from utils.landmarks.statistics import identification_counts, pool_identification_counts
 from utils.synthetic import generate_cephalogram_dataset, render_cephalogram, render_heart, render_spine
 from utils.transforms.affine import RandomCrop
 from utils.transforms.geometry import Geometry
@@ -170,6 +170,8 @@ def test_identification_counts_known_answer():
     predicted[0, 1] = [16.0, 0.0]  # now closer to landmark 2 than to its own
     assert identification_counts(predicted, target, None, radius_mm=20.0)["identified"] == 2
     assert identification_counts(predicted, target, np.array([10.0]), radius_mm=20.0)["identified"] == 1
+    pooled = pool_identification_counts([counts, identification_counts(predicted, target, None, 20.0)])
+    assert pooled == {"radius_mm": 20.0, "identified": 5, "count": 6, "percent": pytest.approx(500.0 / 6)}
 
 
 @pytest.mark.parametrize("modality", ["ct", "mr"])

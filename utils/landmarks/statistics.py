@@ -23,6 +23,7 @@ __all__ = [
     "point_errors",
     "landmark_statistics",
     "identification_counts",
+    "pool_identification_counts",
     "format_statistics",
     "summarize_folds",
     "format_fold_table",
@@ -249,7 +250,17 @@ def identification_counts(predicted: np.ndarray, target: np.ndarray, scale: np.n
     count = int(np.count_nonzero(~np.isnan(target[..., 0])))
     others = distances + np.where(np.eye(target.shape[1], dtype=bool), np.inf, 0.0)
     identified = int(np.count_nonzero((own <= radius_mm) & (own < others.min(axis=2))))
-    return {"radius_mm": float(radius_mm), "identified": identified, "count": count,
+    return _identification(radius_mm, identified, count)
+
+
+def pool_identification_counts(counts: Sequence[Mapping]) -> dict:
+    """`identification_counts` of several tests (e.g. the folds) together: their sums and the percent."""
+    return _identification(counts[0]["radius_mm"], sum(c["identified"] for c in counts),
+                           sum(c["count"] for c in counts))
+
+
+def _identification(radius_mm: float, identified: int, count: int) -> dict:
+    return {"radius_mm": float(radius_mm), "identified": int(identified), "count": int(count),
             "percent": 100.0 * identified / count if count else None}
 
 

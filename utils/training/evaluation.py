@@ -30,6 +30,7 @@ from utils.landmarks.statistics import (
     identification_counts,
     landmark_statistics,
     point_errors,
+    pool_identification_counts,
     summarize_folds,
 )
 from utils.landmarks.targets import GaussianTargets
@@ -324,10 +325,7 @@ def summarize(
             for name in references}
     counts = [e.stats["identification"] for e in evaluations.values() if "identification" in e.stats]
     if counts:
-        identified, count = sum(c["identified"] for c in counts), sum(c["count"] for c in counts)
-        summary["pooled"]["identification"] = {"radius_mm": counts[0]["radius_mm"], "identified": identified,
-                                               "count": count, "percent": 100.0 * identified / count
-                                               if count else None}
+        summary["pooled"]["identification"] = pool_identification_counts(counts)
     if baselines is not None:
         summary["mean_shape_baseline"] = {
             "runs": {name: landmark_statistics(errors, thresholds) for name, errors in baselines.items()},
