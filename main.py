@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import textwrap
 import time
@@ -36,7 +35,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no start-up banner of C++ logs
+from utils.runtime import configure_tensorflow, jit_compile
+
+configure_tensorflow()  # before TensorFlow loads (quiet C++ logs, oneDNN kernels)
 
 import numpy as np  # noqa: E402
 
@@ -631,7 +632,7 @@ def train_and_test(params: Parameters, run: RunFolder, replicas: Replicas, resum
     keras.utils.set_random_seed(params.seed)
     with replicas.scope():  # under a tf.distribute strategy the variables are mirrored on every device
         model = build_model(params)
-        model.compile(optimizer=optimizer(params))
+        model.compile(optimizer=optimizer(params), jit_compile=jit_compile())
     # ---- data: images and points on the network's output grid ----
     with Dataset(
         dataset_folder(params),

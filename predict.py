@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no start-up banner of C++ logs
+from utils.runtime import configure_tensorflow
+
+configure_tensorflow()  # before TensorFlow loads (quiet C++ logs, oneDNN kernels)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

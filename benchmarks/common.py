@@ -273,7 +273,8 @@ def _cpu_model() -> str:
 def machine_info() -> dict[str, Any]:
     """Where a result was measured: CPU model and cores, memory, load, Keras backend, versions, GPU name.
 
-    ``load_average`` (1, 5, 15 minutes) tells whether other processes shared the machine.
+    ``load_average`` (1, 5, 15 minutes) tells whether other processes shared the machine;
+    ``tf_enable_onednn_opts`` which TensorFlow CPU kernels ran ("1": oneDNN, "0": Eigen).
     """
     versions = {}
     for name in _VERSIONED:
@@ -292,6 +293,7 @@ def machine_info() -> dict[str, Any]:
         "keras_backend": _backend(),
         "versions": versions,
         "gpu": accelerator_name(),
+        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
     }
 
 

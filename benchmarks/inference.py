@@ -26,7 +26,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any TensorFlow import: keep the tables readable
+from utils.runtime import configure_tensorflow
+
+configure_tensorflow()  # before TensorFlow loads (quiet C++ logs, oneDNN kernels)
 
 import numpy as np  # noqa: E402
 

@@ -31,12 +31,13 @@ Commands (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any TensorFlow import: keep the tables readable
+from utils.runtime import configure_tensorflow, jit_compile
+
+configure_tensorflow()  # before TensorFlow loads (quiet C++ logs, oneDNN kernels)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -136,8 +137,8 @@ TARGET_KINDS = {"fixed": GaussianTargets, "learned": GaussianTargets, "none": Ze
 
 
 def measure_training(network: str, size: Size, precision: str, warmup: int, steps: int,
-                     peak_tflops: float | None, matmul_size: int = 2048, targets_kind: str = "fixed"
-                     ) -> dict[str, Any]:
+                     peak_tflops: float | None, matmul_size: int = 2048, targets_kind: str = "fixed",
+                     xla: str = "project") -> dict[str, Any]:
     """Builds `network` at `size` in `precision`, trains `warmup` + `steps` batches, returns the figures.
 
     Args:
@@ -150,6 +151,7 @@ def measure_training(network: str, size: Size, precision: str, warmup: int, step
         matmul_size: matrix side of that measurement.
         targets_kind: "fixed" sigmas; "learned": one trainable sigma per landmark (its regulariser included);
             "none": an all-zero target instead of rendering (the step minus the rendering).
+        xla: "project": `utils.runtime.jit_compile` (what main.py uses); "on" / "off": XLA forced on or off.
 
     Returns:
         A dict with the configuration, ``ms_per_step`` (median), ``best_ms_per_step``, ``images_per_s``
@@ -173,7 +175,8 @@ def measure_training(network: str, size: Size, precision: str, warmup: int, step
         targets = TARGET_KINDS[targets_kind](size.num_landmarks, model.output.shape[1:-1], 3.0,
                                              learn_sigma=targets_kind == "learned")
         trainer = HeatmapTrainer(model, targets, sigma_regularization=1.0)
-        trainer.compile(optimizer=make_optimizer("sgd", LEARNING_RATE))
+        trainer.compile(optimizer=make_optimizer("sgd", LEARNING_RATE),
+                        jit_compile={"project": jit_compile(), "on": True, "off": False}[xla])
         batch = random_batch(model, size.batch_size, np.random.default_rng(0))
         losses = []
         timing = time_calls(lambda: losses.append(float(trainer.train_on_batch(batch))),
@@ -301,6 +304,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--targets", nargs="+", choices=tuple(TARGET_KINDS), default=["fixed"],
                         help="in-graph targets: fixed sigmas, learned sigmas (reports the extra cost), none "
                              "(all-zero targets: the step without rendering, for the rendering's share)")
+    parser.add_argument("--xla", choices=("project", "on", "off"), default="project",
+                        help="XLA for the step: project (main.py's choice, utils.runtime.jit_compile: off "
+                             "for TensorFlow on a CPU), on or off")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps")
     parser.add_argument("--peak-tflops", type=float,
@@ -350,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 print(f"training {network} at {size.label} px, {precision}, {kind} targets ...",
                       flush=True)
                 rows.append(run(measure_training, network, size, precision, args.warmup, args.steps,
-                                args.peak_tflops, 256 if args.quick else args.matmul_size, kind))
+                                args.peak_tflops, 256 if args.quick else args.matmul_size, kind, args.xla))
                 row = rows[-1]  # printed at once: a long run that is stopped keeps what it measured
                 print(f"  {row['ms_per_step']:.1f} ms/step (best {row['best_ms_per_step']:.1f}), "
                       f"{row['gflop_per_step']:.0f} GFLOP, {row['achieved_tflops']:.2f} TFLOP/s = "
@@ -364,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         [{**row, "rss_mib": _mib(row["rss_peak_bytes"]), "device_mib": _mib(row["device_peak_bytes"])}
          for row in rows],
         [("network", "network", "s"), ("precision", "precision", "s"), ("targets", "targets", "s"),
-         ("input_size", "px", "s"),
+         ("input_size", "px", "s"), ("jit_compile", "XLA", ""),
          ("ms_per_step", "ms/step", ".0f"), ("images_per_s", "img/s", ".2f"),
          ("gflop_per_step", "GFLOP", ".0f"),
          ("achieved_tflops", "TFLOP/s", ".3f"), ("percent_of_peak", "% peak", ".0f"),

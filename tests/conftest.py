@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from utils.runtime import configure_tensorflow
+
+configure_tensorflow()  # before any test imports TensorFlow: the kernels main.py runs with
+
 HAND_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "hand_xray_real"
 
 

@@ -1,0 +1,43 @@
+"""The TensorFlow environment and XLA choice of `utils.runtime`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+
+from utils.runtime import TENSORFLOW_ENVIRONMENT, configure_tensorflow, jit_compile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_configure_sets_defaults_and_keeps_the_users_values(monkeypatch):
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    configure_tensorflow()
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == TENSORFLOW_ENVIRONMENT["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"  # the user's own value wins
+
+
+def test_main_sets_the_environment_before_tensorflow_loads():
+    """Importing main.py (as `python main.py` does) leaves oneDNN on and TensorFlow loaded after it."""
+    environment = {"PATH": "/usr/bin:/bin", "KERAS_BACKEND": "tensorflow"}
+    code = ("import os, sys; assert 'tensorflow' not in sys.modules; import main; "
+            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], 'tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "True"]
+
+
+def test_jit_compile_is_off_only_for_tensorflow_on_a_cpu():
+    if keras.backend.backend() != "tensorflow":
+        assert jit_compile() == "auto"
+        return
+    import tensorflow as tf
+
+    expected = "auto" if tf.config.list_physical_devices("GPU") else False
+    assert jit_compile() is expected

@@ -1,0 +1,39 @@
+"""How TensorFlow runs here: the environment it must find when it loads, and whether steps use XLA.
+
+`configure_tensorflow` must run before anything imports TensorFlow (or Keras on its TensorFlow backend); the
+entry points (main.py, predict.py, the benchmarks, the tests) call it first. A variable the user has set
+is never changed, so ``TF_ENABLE_ONEDNN_OPTS=0 python main.py`` still runs TensorFlow's Eigen kernels.
+"""
+
+from __future__ import annotations
+
+import os
+
+TENSORFLOW_ENVIRONMENT = {
+    # no start-up banner of C++ information logs (warnings and errors still show)
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    # oneDNN kernels on every x86 CPU: TensorFlow enables them by default only on CPUs with AVX-512 VNNI or
+    # AMX; without, the cpu preset's training step ran 1.9-2.3x slower (benchmarks/README.md, issue 10)
+    "TF_ENABLE_ONEDNN_OPTS": "1",
+}
+
+
+def configure_tensorflow() -> None:
+    """Sets each variable of `TENSORFLOW_ENVIRONMENT` that the environment does not already set."""
+    for name, value in TENSORFLOW_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
+def jit_compile() -> bool | str:
+    """The ``jit_compile`` for ``Model.compile``: False for TensorFlow on a CPU, else Keras' own "auto".
+
+    On a CPU, TensorFlow's own (oneDNN) kernels ran the training step of the cpu preset 1.4-7x faster than
+    XLA's (benchmarks/README.md, issue 10); on a GPU, and on JAX, which needs XLA, Keras decides.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return "auto"
+    import tensorflow as tf
+
+    return "auto" if tf.config.list_physical_devices("GPU") else False
