@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.runtime import configure_tensorflow, jit_compile
+from utils.runtime import configure_tensorflow, jit_compile, quiet_tensorflow_start
 
 configure_tensorflow()  # before TensorFlow loads (quiet C++ logs, oneDNN kernels)
 
@@ -56,7 +56,8 @@ from utils.transforms.bspline import BSPLINE_GRIDS  # noqa: E402
 # their sample maker (from dataset.py). They need no Keras: leaving it (and TensorFlow) out saves each worker
 # about 0.3 GB and seconds of start-up.
 if __name__ != "__mp_main__":
-    import keras
+    with quiet_tensorflow_start():
+        import keras
 
     from network import NETWORKS, build_network
     from utils.data.debug import write_debug_batch

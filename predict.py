@@ -38,11 +38,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.runtime import configure_tensorflow
+from utils.runtime import configure_tensorflow, quiet_tensorflow_start
 
 configure_tensorflow()  # before TensorFlow loads (quiet C++ logs, oneDNN kernels)
+with quiet_tensorflow_start():
+    import keras
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import main  # noqa: E402

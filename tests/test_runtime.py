@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import keras
@@ -31,6 +32,23 @@ def test_main_sets_the_environment_before_tensorflow_loads():
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "True"]
+    assert "oneDNN" not in result.stderr and "InitializeLog" not in result.stderr, result.stderr
+
+
+def test_quiet_start_drops_only_the_start_up_notices():
+    code = textwrap.dedent("""
+        import os, sys
+        from utils.runtime import quiet_tensorflow_start
+        with quiet_tensorflow_start():
+            os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to "
+                        b"STDERR\\nI0000 port.cc:153] oneDNN custom operations are on. You may see ...\\n"
+                        b"E0000 something that went wrong\\n")
+            print("a Python warning", file=sys.stderr)
+            raise SystemExit("a failed import")
+        """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.stderr == "E0000 something that went wrong\na Python warning\na failed import\n"
 
 
 def test_jit_compile_is_off_only_for_tensorflow_on_a_cpu():

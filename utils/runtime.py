@@ -7,7 +7,11 @@ is never changed, so ``TF_ENABLE_ONEDNN_OPTS=0 python main.py`` still runs Tenso
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 
 TENSORFLOW_ENVIRONMENT = {
     # no start-up banner of C++ information logs (warnings and errors still show)
@@ -22,6 +26,36 @@ def configure_tensorflow() -> None:
     """Sets each variable of `TENSORFLOW_ENVIRONMENT` that the environment does not already set."""
     for name, value in TENSORFLOW_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+
+
+# What TensorFlow 2.21 writes to stderr as it loads, before its logging honours TF_CPP_MIN_LOG_LEVEL: absl's
+# notice that early messages go to stderr, and the notice that oneDNN is on (which configure_tensorflow asks)
+_START_UP_NOISE = ("All log messages before absl::InitializeLog() is called are written to STDERR",
+                   "oneDNN custom operations are on")
+
+
+@contextlib.contextmanager
+def quiet_tensorflow_start() -> Iterator[None]:
+    """Import TensorFlow (or Keras) inside this block to drop its start-up notices (`_START_UP_NOISE`).
+
+    Everything else written to stderr meanwhile, a Python traceback included, is written out at the end of
+    the block, in order.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(noise in line for noise in _START_UP_NOISE):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def jit_compile() -> bool | str:
