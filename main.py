@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.runtime import configure_tensorflow, jit_compile, quiet_tensorflow_start
+from utils.runtime import configure_graph_optimizer, configure_tensorflow, jit_compile, quiet_tensorflow_start
 
 configure_tensorflow()  # before TensorFlow loads (quiet C++ logs, oneDNN kernels)
 
@@ -58,6 +58,7 @@ from utils.transforms.bspline import BSPLINE_GRIDS  # noqa: E402
 if __name__ != "__mp_main__":
     with quiet_tensorflow_start():
         import keras
+    configure_graph_optimizer()
 
     from network import NETWORKS, build_network
     from utils.data.debug import write_debug_batch

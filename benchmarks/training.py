@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from utils.runtime import configure_tensorflow, jit_compile
+from utils.runtime import configure_graph_optimizer, configure_tensorflow, jit_compile
 
 configure_tensorflow()  # before TensorFlow loads (quiet C++ logs, oneDNN kernels)
 
@@ -55,6 +55,8 @@ from benchmarks.common import (  # noqa: E402
 )
 from network import NETWORKS, LeaveOneOutConv, build_network, count_flops  # noqa: E402
 from utils.landmarks.targets import GaussianTargets  # noqa: E402
+
+configure_graph_optimizer()  # the graph options main.py trains with
 
 # --- parameters --------------------------------------------------------------------------------------------
 NUM_LANDMARKS = 37  # hand X-ray setup

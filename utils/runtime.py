@@ -58,6 +58,22 @@ def quiet_tensorflow_start() -> Iterator[None]:
             sys.stderr.flush()
 
 
+def configure_graph_optimizer() -> None:
+    """Turns off TensorFlow's grappler remapper (its operator fusions), process-wide; call after it loads.
+
+    With oneDNN on, the remapper fails on scn_mia's training step (it fuses a convolution with its leaky
+    ReLU, whose gradient still needs the unfused sum), writes an "E... remapper failed" line for every step
+    function, and keeps none of its fusions. With it off, the steps of scn, unet and scn_mia in 2D and 3D
+    changed by under 5 % (benchmarks/README.md, issue 10). Nothing to do on other backends.
+    """
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options({"remapping": False})
+
+
 def jit_compile() -> bool | str:
     """The ``jit_compile`` for ``Model.compile``: False for TensorFlow on a CPU, else Keras' own "auto".
 
