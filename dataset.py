@@ -32,6 +32,7 @@ import numpy as np
 from utils.data.cache import LRUCache
 from utils.data.loader import BatchLoader
 from utils.data.sample import SampleGenerator, SourceImage, prepare_source, read_geometry
+from utils.data.validate import spacing_problem
 from utils.io.errors import DataError
 from utils.io.id_list import read_id_list
 from utils.io.image import read_image
@@ -315,10 +316,9 @@ def sample_generator(spec: DataSpec, image_size: Sequence[int], heatmap_size: Se
 def check_pixel_spacing(spec: DataSpec, geometry: Geometry, path: Path, image_id: str | None = None) -> None:
     """Raises DataError naming the file when the kind fixes the pixel spacing (the cephalograms' 0.1 mm) and
     the image carries another: its landmarks in mm would be read at the wrong place."""
-    if spec.pixel_spacing and not np.allclose(geometry.spacing, spec.pixel_spacing, rtol=1e-3):
-        raise DataError(f"image {path} has spacing {geometry.spacing}, but {spec.name} images must carry "
-                        f"{spec.pixel_spacing} mm (the landmarks are in mm): set it in the file (see the "
-                        "dataset folder's README)", path=path, image_id=image_id)
+    problem = spacing_problem(geometry.spacing, spec.pixel_spacing, path)
+    if problem:
+        raise DataError(f"{spec.name}: {problem}", path=path, image_id=image_id)
 
 
 def csv_units(spec: DataSpec, geometry: Geometry, points: np.ndarray) -> np.ndarray:

@@ -114,8 +114,8 @@ def test_cephalogram_of_another_spacing_is_an_error_naming_the_file(tmp_path, ce
     (folder / "images" / "ceph_0000.mha").unlink()
     sitk.WriteImage(image, str(folder / "images" / "ceph_0000.mha"))
     (folder / "setup").symlink_to(ceph_dir / "setup")
-    with pytest.raises(DataError, match=r"ceph_0000.mha has spacing \(1.0, 1.0\), but cephalometric images "
-                                        r"must carry 0.1 mm"):
+    with pytest.raises(DataError, match=r"^cephalometric: image .*ceph_0000.mha has spacing \(1.0, 1.0\), "
+                                        r"but this kind of data needs 0.1 mm"):
         Dataset(folder, spec="cephalometric", image_size=(64, 64), num_landmarks=19, fold="none")
 
 

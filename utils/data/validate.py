@@ -237,6 +237,15 @@ def _check_landmarks(
     return table, {error.image_id for error in errors if error.image_id is not None}
 
 
+def spacing_problem(spacing: Sequence[float], required: float | None, path: Path) -> str | None:
+    """What is wrong with an image's `spacing` where the kind of data requires one (the cephalograms'
+    0.1 mm): its landmarks, in mm, would be read at the wrong place. None when fine or nothing is required."""
+    if required and not np.allclose(spacing, required, rtol=1e-3):
+        return (f"image {path} has spacing {tuple(spacing)}, but this kind of data needs {required} mm (its "
+                "landmarks are in mm): set it in the file (see the dataset folder's README)")
+    return None
+
+
 def _check_image(
     report: ValidationReport,
     path: Path,
@@ -266,9 +275,9 @@ def _check_image(
                              f"({image.GetPixelIDTypeAsString()}); a single-channel image is needed",
                    path=path, image_id=image_id)
         return
-    if pixel_spacing and not np.allclose(image.GetSpacing(), pixel_spacing, rtol=1e-3):
-        report.add(severity, f"image {path} has spacing {image.GetSpacing()}, but this kind of data needs "
-                             f"{pixel_spacing} mm (its landmarks are in mm)", path=path, image_id=image_id)
+    problem = spacing_problem(image.GetSpacing(), pixel_spacing, path)
+    if problem:
+        report.add(severity, problem, path=path, image_id=image_id)
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         if not np.all(np.isfinite(sitk.GetArrayViewFromImage(image))):
             report.add(severity, f"image {path} holds NaN or infinite pixel values", path=path,
