@@ -238,6 +238,8 @@ def _warp_3d(padded, index_map, weights_z, weights_y, weights_x, coefficients, o
     coordinates = np.empty((3, n))
     offsets = np.empty(n, np.int64)
     fractions = np.empty((3, n), np.float32)
+    # inside is -0.5 <= position <= size - 0.5, i.e. 1.5 <= padded position <= size + 1.5
+    last_x, last_y, last_z = width + 1.5, height + 1.5, depth + 1.5
     for z in range(out.shape[0]):
         _weighted_sum(weights_z[:, z], coefficients, slab)
         for y in range(out.shape[1]):
@@ -245,16 +247,21 @@ def _warp_3d(padded, index_map, weights_z, weights_y, weights_x, coefficients, o
             for a in range(3):
                 base[a] = index_map[a, 1] * y + index_map[a, 2] * z + index_map[a, 3]
             _row_coordinates(coordinates, index_map, base, weights_x, row)
+            # branch-free selects and 32-bit truncations, so that the compiler vectorises this loop (AVX2
+            # has no 64-bit one): the whole kernel 1.15-1.18x faster (benchmarks/README.md, issue 9)
             for x in range(n):
-                x0, fx, in_x = _split(coordinates[0, x], width)
-                y0, fy, in_y = _split(coordinates[1, x], height)
-                z0, fz, in_z = _split(coordinates[2, x], depth)
-                if in_x & in_y & in_z:
-                    offsets[x] = z0 * sz + y0 * sy + x0
-                    fractions[0, x], fractions[1, x], fractions[2, x] = fx, fy, fz
-                else:  # the padding's outer corner: exactly the default value
-                    offsets[x] = 0
-                    fractions[0, x] = fractions[1, x] = fractions[2, x] = 0.0
+                px, py, pz = coordinates[0, x] + 2.0, coordinates[1, x] + 2.0, coordinates[2, x] + 2.0
+                inside = ((px >= 1.5) & (px <= last_x) & (py >= 1.5) & (py <= last_y)
+                          & (pz >= 1.5) & (pz <= last_z))
+                # outside: the padding's outer corner with zero weights, exactly the default value
+                px = px if inside else 0.0
+                py = py if inside else 0.0
+                pz = pz if inside else 0.0
+                x0, y0, z0 = np.int32(px), np.int32(py), np.int32(pz)
+                offsets[x] = np.int64(z0) * sz + np.int64(y0) * sy + np.int64(x0)
+                fractions[0, x] = np.float32(px - x0)
+                fractions[1, x] = np.float32(py - y0)
+                fractions[2, x] = np.float32(pz - z0)
             for x in range(n):
                 i, fx, fy, fz = offsets[x], fractions[0, x], fractions[1, x], fractions[2, x]
                 c00 = flat[i] + fx * (flat[i + 1] - flat[i])
