@@ -220,6 +220,11 @@ class Parameters:
                             "weights: GPUs); mixed_bfloat16 (CPUs with bfloat16 units: 1.3-2.4x faster than "
                             "float32 on our 2-core machine, where float16 was 6-8x slower)",
                             choices=("float32", "mixed_float16", "mixed_bfloat16"))
+    xla: str = _field("auto", "XLA compilation of the training step: auto (off for TensorFlow on a CPU, "
+                      "where at the cpu presets' sizes its oneDNN kernels ran scn and scn_mia 1.9-6.6x and "
+                      "3D networks 7x faster than with XLA, unet at 0.9x; Keras' choice elsewhere); on "
+                      "(on a CPU: the paper-size 2D steps, 128 filters, ran 1.4-2x faster with it); off",
+                      choices=("auto", "on", "off"))
 
     @staticmethod
     def from_older(values: dict) -> dict:
@@ -634,7 +639,7 @@ def train_and_test(params: Parameters, run: RunFolder, replicas: Replicas, resum
     keras.utils.set_random_seed(params.seed)
     with replicas.scope():  # under a tf.distribute strategy the variables are mirrored on every device
         model = build_model(params)
-        model.compile(optimizer=optimizer(params), jit_compile=jit_compile())
+        model.compile(optimizer=optimizer(params), jit_compile=jit_compile(params.xla))
     # ---- data: images and points on the network's output grid ----
     with Dataset(
         dataset_folder(params),

@@ -140,7 +140,7 @@ TARGET_KINDS = {"fixed": GaussianTargets, "learned": GaussianTargets, "none": Ze
 
 def measure_training(network: str, size: Size, precision: str, warmup: int, steps: int,
                      peak_tflops: float | None, matmul_size: int = 2048, targets_kind: str = "fixed",
-                     xla: str = "project") -> dict[str, Any]:
+                     xla: str = "auto") -> dict[str, Any]:
     """Builds `network` at `size` in `precision`, trains `warmup` + `steps` batches, returns the figures.
 
     Args:
@@ -153,7 +153,8 @@ def measure_training(network: str, size: Size, precision: str, warmup: int, step
         matmul_size: matrix side of that measurement.
         targets_kind: "fixed" sigmas; "learned": one trainable sigma per landmark (its regulariser included);
             "none": an all-zero target instead of rendering (the step minus the rendering).
-        xla: "project": `utils.runtime.jit_compile` (what main.py uses); "on" / "off": XLA forced on or off.
+        xla: main.py's ``--xla``: "auto" (`utils.runtime.jit_compile`: off for TensorFlow on a CPU), "on",
+            "off".
 
     Returns:
         A dict with the configuration, ``ms_per_step`` (median), ``best_ms_per_step``, ``images_per_s``
@@ -178,7 +179,7 @@ def measure_training(network: str, size: Size, precision: str, warmup: int, step
                                              learn_sigma=targets_kind == "learned")
         trainer = HeatmapTrainer(model, targets, sigma_regularization=1.0)
         trainer.compile(optimizer=make_optimizer("sgd", LEARNING_RATE),
-                        jit_compile={"project": jit_compile(), "on": True, "off": False}[xla])
+                        jit_compile=jit_compile(xla))
         batch = random_batch(model, size.batch_size, np.random.default_rng(0))
         losses = []
         timing = time_calls(lambda: losses.append(float(trainer.train_on_batch(batch))),
@@ -306,9 +307,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--targets", nargs="+", choices=tuple(TARGET_KINDS), default=["fixed"],
                         help="in-graph targets: fixed sigmas, learned sigmas (reports the extra cost), none "
                              "(all-zero targets: the step without rendering, for the rendering's share)")
-    parser.add_argument("--xla", choices=("project", "on", "off"), default="project",
-                        help="XLA for the step: project (main.py's choice, utils.runtime.jit_compile: off "
-                             "for TensorFlow on a CPU), on or off")
+    parser.add_argument("--xla", choices=("auto", "on", "off"), default="auto",
+                        help="XLA for the step, as main.py's --xla: auto (off for TensorFlow on a CPU), on "
+                             "or off")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (compilation)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps")
     parser.add_argument("--peak-tflops", type=float,

@@ -3,8 +3,8 @@
 # images per fold) on the six hands of ../shared/data/hand_xray_real: scn, unet and scn_mia, each with
 # fixed and with learned sigmas, all at the `cpu` preset's size (128 x 128, 16 filters, batch 8, Adam; its
 # scn_mia values in main.py NETWORK_PRESETS) and seed, ITER iterations each. Pooled mean point error of each
-# configuration next to the mean-shape baseline of the same test images. Four configurations took about 41
-# minutes on our 2 cores on a slow day (README). From the repository root:
+# configuration next to the mean-shape baseline of the same test images. The four of the README took 17
+# minutes on our 2 cores (README). From the repository root:
 #
 #     bash experiments/real_hands_cv.sh                    # SOURCE=folder of images/ + setup/all.csv
 #     ITER=50 bash experiments/real_hands_cv.sh            # a quick look

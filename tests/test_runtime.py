@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import keras
+import pytest
 
 from utils.runtime import TENSORFLOW_ENVIRONMENT, configure_tensorflow, jit_compile
 
@@ -59,3 +60,9 @@ def test_jit_compile_is_off_only_for_tensorflow_on_a_cpu():
 
     expected = "auto" if tf.config.list_physical_devices("GPU") else False
     assert jit_compile() is expected
+
+
+def test_jit_compile_follows_an_explicit_setting_and_rejects_a_mistyped_one():
+    assert jit_compile("on") is True and jit_compile("off") is False
+    with pytest.raises(ValueError, match="xla must be 'auto', 'on' or 'off', got 'yes'"):
+        jit_compile("yes")

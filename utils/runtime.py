@@ -16,8 +16,9 @@ from collections.abc import Iterator
 TENSORFLOW_ENVIRONMENT = {
     # no start-up banner of C++ information logs (warnings and errors still show)
     "TF_CPP_MIN_LOG_LEVEL": "2",
-    # oneDNN kernels on every x86 CPU: TensorFlow enables them by default only on CPUs with AVX-512 VNNI or
-    # AMX; without, the cpu preset's training step ran 1.9-2.3x slower (benchmarks/README.md, issue 10)
+    # oneDNN kernels on every x86 CPU: TensorFlow enables them by default only on CPUs with AVX-512 VNNI, BF16
+    # or AMX; on our AVX2 machine the steps of the cpu presets ran 1.4-3.8x slower without them (without XLA;
+    # benchmarks/README.md, issue 10)
     "TF_ENABLE_ONEDNN_OPTS": "1",
 }
 
@@ -74,12 +75,18 @@ def configure_graph_optimizer() -> None:
         tf.config.optimizer.set_experimental_options({"remapping": False})
 
 
-def jit_compile() -> bool | str:
-    """The ``jit_compile`` for ``Model.compile``: False for TensorFlow on a CPU, else Keras' own "auto".
+def jit_compile(setting: str = "auto") -> bool | str:
+    """The ``jit_compile`` for ``Model.compile`` of a training step, from main.py's ``--xla``.
 
-    On a CPU, TensorFlow's own (oneDNN) kernels ran the training step of the cpu preset 1.4-7x faster than
-    XLA's (benchmarks/README.md, issue 10); on a GPU, and on JAX, which needs XLA, Keras decides.
+    "on" and "off" force XLA; "auto" is False for TensorFlow on a CPU and Keras' own "auto" elsewhere (on a
+    GPU, and on JAX, which needs XLA). On our CPU, at the cpu presets' sizes, TensorFlow's oneDNN kernels
+    without XLA ran scn and scn_mia 1.9-6.6x and the 3D networks 7x faster than with it (unet 11 % slower),
+    but XLA ran the paper-size 2D steps (128 filters) 1.4-2x faster (benchmarks/README.md, issue 10).
     """
+    if setting in ("on", "off"):
+        return setting == "on"
+    if setting != "auto":
+        raise ValueError(f"xla must be 'auto', 'on' or 'off', got {setting!r}")
     import keras
 
     if keras.backend.backend() != "tensorflow":
