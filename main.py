@@ -58,7 +58,6 @@ from utils.transforms.bspline import BSPLINE_GRIDS  # noqa: E402
 if __name__ != "__mp_main__":
     with quiet_tensorflow_start():
         import keras
-    configure_graph_optimizer()
 
     from network import NETWORKS, build_network
     from utils.data.debug import write_debug_batch
@@ -221,9 +220,10 @@ class Parameters:
                             "float32 on our 2-core machine, where float16 was 6-8x slower)",
                             choices=("float32", "mixed_float16", "mixed_bfloat16"))
     xla: str = _field("auto", "XLA compilation of the training step: auto (off for TensorFlow on a CPU, "
-                      "where at the cpu presets' sizes its oneDNN kernels ran scn and scn_mia 1.9-6.6x and "
-                      "3D networks 7x faster than with XLA, unet at 0.9x; Keras' choice elsewhere); on "
-                      "(on a CPU: the paper-size 2D steps, 128 filters, ran 1.4-2x faster with it); off",
+                      "where at the cpu presets' sizes its oneDNN kernels ran scn 1.9x, scn_mia 7.2x and the "
+                      "3D networks 7x faster than with XLA, unet at 0.9x; Keras' choice elsewhere); on (on a "
+                      "CPU: the paper-size 2D steps, 128 filters, ran 1.4-2x faster with it); off. With "
+                      "--distribute over several devices, TensorFlow's step is compiled without XLA",
                       choices=("auto", "on", "off"))
 
     @staticmethod
@@ -639,6 +639,7 @@ def train_and_test(params: Parameters, run: RunFolder, replicas: Replicas, resum
     keras.utils.set_random_seed(params.seed)
     with replicas.scope():  # under a tf.distribute strategy the variables are mirrored on every device
         model = build_model(params)
+        configure_graph_optimizer()
         model.compile(optimizer=optimizer(params), jit_compile=jit_compile(params.xla))
     # ---- data: images and points on the network's output grid ----
     with Dataset(

@@ -35,11 +35,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from utils.runtime import configure_graph_optimizer, configure_tensorflow, jit_compile
+from utils.runtime import configure_graph_optimizer, configure_tensorflow, jit_compile, quiet_tensorflow_start
 
 configure_tensorflow()  # before TensorFlow loads (quiet C++ logs, oneDNN kernels)
+with quiet_tensorflow_start():
+    import keras
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402

@@ -36,20 +36,41 @@ def test_main_sets_the_environment_before_tensorflow_loads():
     assert "oneDNN" not in result.stderr and "InitializeLog" not in result.stderr, result.stderr
 
 
-def test_quiet_start_drops_only_the_start_up_notices():
-    code = textwrap.dedent("""
-        import os, sys
-        from utils.runtime import quiet_tensorflow_start
+NOISY_START = textwrap.dedent("""
+    import os, sys
+    from utils.runtime import quiet_tensorflow_start
+    try:
         with quiet_tensorflow_start():
             os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to "
                         b"STDERR\\nI0000 port.cc:153] oneDNN custom operations are on. You may see ...\\n"
                         b"E0000 something that went wrong\\n")
-            print("a Python warning", file=sys.stderr)
-            raise SystemExit("a failed import")
-        """)
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60)
-    assert result.stderr == "E0000 something that went wrong\na Python warning\na failed import\n"
+            print("a Python warning", file=sys.stderr, flush=True)
+            raise ImportError("a failed import")
+    except ImportError as error:
+        print(error, file=sys.stderr)
+    os.write(2, b"after the block\\n")
+    """)
+
+
+@pytest.mark.parametrize("level", ["2", "0"])
+def test_quiet_start_drops_only_the_start_up_notices(level):
+    """At the default level the two notices go and everything else stays, in order, stderr restored after
+    an exception; with TensorFlow's information logs asked for (level 0) nothing is dropped."""
+    result = subprocess.run([sys.executable, "-c", NOISY_START], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": level})
+    kept = "E0000 something that went wrong\na Python warning\na failed import\nafter the block\n"
+    if level == "2":
+        assert result.stderr == kept
+    else:
+        assert "oneDNN custom operations are on" in result.stderr and result.stderr.endswith(kept)
+
+
+def test_quiet_start_runs_with_stderr_closed():
+    code = ("from utils.runtime import quiet_tensorflow_start\n"
+            "with quiet_tensorflow_start():\n    print('ran')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            timeout=60, preexec_fn=lambda: os.close(2))
+    assert result.returncode == 0 and result.stdout == "ran\n"
 
 
 def test_jit_compile_is_off_only_for_tensorflow_on_a_cpu():

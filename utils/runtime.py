@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
+import threading
 from collections.abc import Iterator
 
 TENSORFLOW_ENVIRONMENT = {
     # no start-up banner of C++ information logs (warnings and errors still show)
     "TF_CPP_MIN_LOG_LEVEL": "2",
-    # oneDNN kernels on every x86 CPU: TensorFlow enables them by default only on CPUs with AVX-512 VNNI, BF16
+    # oneDNN kernels on every CPU: on x86, TensorFlow enables them by default only with AVX-512 VNNI, BF16
     # or AMX; on our AVX2 machine the steps of the cpu presets ran 1.4-3.8x slower without them (without XLA;
     # benchmarks/README.md, issue 10)
     "TF_ENABLE_ONEDNN_OPTS": "1",
@@ -39,24 +39,46 @@ _START_UP_NOISE = ("All log messages before absl::InitializeLog() is called are 
 def quiet_tensorflow_start() -> Iterator[None]:
     """Import TensorFlow (or Keras) inside this block to drop its start-up notices (`_START_UP_NOISE`).
 
-    Everything else written to stderr meanwhile, a Python traceback included, is written out at the end of
-    the block, in order.
+    Everything else written to file descriptor 2 meanwhile is forwarded line by line as it comes, so a
+    crash while importing still shows its message. Nothing is filtered when the user asked for TensorFlow's
+    information logs (TF_CPP_MIN_LOG_LEVEL below 2) or when there is no file descriptor 2. Meant for
+    imports: a process started inside the block would inherit the pipe as its stderr, and the block would
+    wait for it to end.
     """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") < "2" or sys.stderr is None:  # None: fd 2 was closed
+        yield
+        return
     sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-                if not any(noise in line for noise in _START_UP_NOISE):
-                    sys.stderr.write(line)
-            sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # file descriptor 2 closed since: nothing to filter
+        yield
+        return
+    read_end, write_end = os.pipe()
+    forwarder = threading.Thread(target=_forward_lines, args=(read_end, saved), daemon=True)
+    forwarder.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer is gone: the forwarder reads to its end and stops
+        forwarder.join()
+        os.close(saved)
+
+
+def _forward_lines(read_end: int, destination: int) -> None:
+    """Copies complete lines from `read_end` to `destination`, leaving out `_START_UP_NOISE`, until EOF."""
+    pending = b""
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if not any(noise.encode() in line for noise in _START_UP_NOISE):
+                    os.write(destination, line + b"\n")
+    if pending:
+        os.write(destination, pending)
 
 
 def configure_graph_optimizer() -> None:
@@ -80,7 +102,7 @@ def jit_compile(setting: str = "auto") -> bool | str:
 
     "on" and "off" force XLA; "auto" is False for TensorFlow on a CPU and Keras' own "auto" elsewhere (on a
     GPU, and on JAX, which needs XLA). On our CPU, at the cpu presets' sizes, TensorFlow's oneDNN kernels
-    without XLA ran scn and scn_mia 1.9-6.6x and the 3D networks 7x faster than with it (unet 11 % slower),
+    without XLA ran scn 1.9x, scn_mia 7.2x and the 3D networks 7x faster than with it (unet 11 % slower),
     but XLA ran the paper-size 2D steps (128 filters) 1.4-2x faster (benchmarks/README.md, issue 10).
     """
     if setting in ("on", "off"):

@@ -238,8 +238,7 @@ def _warp_3d(padded, index_map, weights_z, weights_y, weights_x, coefficients, o
     coordinates = np.empty((3, n))
     offsets = np.empty(n, np.int64)
     fractions = np.empty((3, n), np.float32)
-    # inside is -0.5 <= position <= size - 0.5, i.e. 1.5 <= padded position <= size + 1.5
-    last_x, last_y, last_z = width + 1.5, height + 1.5, depth + 1.5
+    last_x, last_y, last_z = width - 0.5, height - 0.5, depth - 0.5  # inside: -0.5 <= position <= last
     for z in range(out.shape[0]):
         _weighted_sum(weights_z[:, z], coefficients, slab)
         for y in range(out.shape[1]):
@@ -250,13 +249,14 @@ def _warp_3d(padded, index_map, weights_z, weights_y, weights_x, coefficients, o
             # branch-free selects and 32-bit truncations, so that the compiler vectorises this loop (AVX2
             # has no 64-bit one): the whole kernel 1.15-1.18x faster (benchmarks/README.md, issue 9)
             for x in range(n):
-                px, py, pz = coordinates[0, x] + 2.0, coordinates[1, x] + 2.0, coordinates[2, x] + 2.0
-                inside = ((px >= 1.5) & (px <= last_x) & (py >= 1.5) & (py <= last_y)
-                          & (pz >= 1.5) & (pz <= last_z))
-                # outside: the padding's outer corner with zero weights, exactly the default value
-                px = px if inside else 0.0
-                py = py if inside else 0.0
-                pz = pz if inside else 0.0
+                cx, cy, cz = coordinates[0, x], coordinates[1, x], coordinates[2, x]
+                inside = ((cx >= -0.5) & (cx <= last_x) & (cy >= -0.5) & (cy <= last_y)
+                          & (cz >= -0.5) & (cz <= last_z))
+                # padded positions (>= 1.5 inside, so truncation is the floor); outside: the padding's outer
+                # corner with zero weights, exactly the default value
+                px = cx + 2.0 if inside else 0.0
+                py = cy + 2.0 if inside else 0.0
+                pz = cz + 2.0 if inside else 0.0
                 x0, y0, z0 = np.int32(px), np.int32(py), np.int32(pz)
                 offsets[x] = np.int64(z0) * sz + np.int64(y0) * sy + np.int64(x0)
                 fractions[0, x] = np.float32(px - x0)
