@@ -140,24 +140,26 @@ def test_warp_rejects_mismatched_source_and_out():
         warp(WarpSource.from_array(np.zeros((12, 10)), geometry), transform, out=np.zeros((8, 8)))
 
 
+@pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("size", [127, 128])
-def test_3d_border_rule_holds_to_the_last_float_step(size):
+def test_border_rule_holds_to_the_last_float_step(size, dim):
     """Along each axis, a point within half a voxel of the border reads the border voxel and one a single
-    float step further out reads the default value (SimpleITK's rule, and the 2D kernel's); NaN reads the
-    default value. Called on the compiled kernel with one output voxel at a chosen source coordinate."""
-    from utils.transforms.warp import _warp_3d
+    float step further out reads the default value (SimpleITK's rule); NaN reads the default value. Called
+    on the compiled kernels with one output pixel at a chosen source coordinate."""
+    from utils.transforms.warp import _warp_2d, _warp_3d
 
-    shape = (size, size, size)  # z, y, x
+    shape = (size,) * dim  # [z,] y, x
     source = WarpSource.from_array(np.full(shape, 7.0, np.float32), Geometry.grid(shape[::-1]), -1.0)
-    no_deformation = [np.zeros((1, 1))] * 3
-    coefficients = np.zeros((1, 1, 1, 3))
+    no_deformation = [np.zeros((1, 1))] * dim
+    coefficients = np.zeros((1,) * dim + (dim,))
+    kernel = _warp_2d if dim == 2 else _warp_3d
     cases = {-0.5: 7.0, np.nextafter(-0.5, -1.0): -1.0, size - 0.5: 7.0, np.nextafter(size - 0.5, size): -1.0,
              float("nan"): -1.0, 1e300: -1.0, -1e300: -1.0}
-    for axis in range(3):
+    for axis in range(dim):
         for coordinate, expected in cases.items():
-            index_map = np.zeros((3, 4))
-            index_map[:, 3] = size / 2.0
-            index_map[axis, 3] = coordinate
-            out = np.zeros((1, 1, 1), np.float32)
-            _warp_3d(source.padded, index_map, *no_deformation, coefficients, out)
-            assert out[0, 0, 0] == expected, (axis, coordinate)
+            index_map = np.zeros((dim, dim + 1))
+            index_map[:, dim] = size / 2.0
+            index_map[axis, dim] = coordinate
+            out = np.zeros((1,) * dim, np.float32)
+            kernel(source.padded, index_map, *no_deformation, coefficients, out)
+            assert out.item() == expected, (axis, coordinate)
