@@ -35,28 +35,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.runtime import configure_graph_optimizer, configure_tensorflow, jit_compile, quiet_tensorflow_start
+import numpy as np
 
-configure_tensorflow()  # before TensorFlow loads (quiet C++ logs, oneDNN kernels)
-
-import numpy as np  # noqa: E402
-
-from dataset import DATA_KINDS, NORMALIZATIONS, Dataset, DataSpec, kind_spec, sample_generator  # noqa: E402
-from utils.data.loader import LoaderError, SampleError  # noqa: E402
-from utils.data.validate import ValidationReport, validate_dataset  # noqa: E402
-from utils.io.atomic import write_json_atomic  # noqa: E402
-from utils.io.errors import DataError  # noqa: E402
-from utils.io.splits import cv_folds  # noqa: E402
-from utils.landmarks.statistics import format_fold_table, landmark_statistics  # noqa: E402
-from utils.synthetic import PHANTOMS, phantom_of  # noqa: E402
-from utils.training.output import RunFolder, config_to_dict, read_config  # noqa: E402
-from utils.transforms.bspline import BSPLINE_GRIDS  # noqa: E402
+from dataset import DATA_KINDS, NORMALIZATIONS, Dataset, DataSpec, kind_spec, sample_generator
+from utils.data.loader import LoaderError, SampleError
+from utils.data.validate import ValidationReport, validate_dataset
+from utils.io.atomic import write_json_atomic
+from utils.io.errors import DataError
+from utils.io.splits import cv_folds
+from utils.landmarks.statistics import format_fold_table, landmark_statistics
+from utils.synthetic import PHANTOMS, phantom_of
+from utils.training.output import RunFolder, config_to_dict, read_config
+from utils.transforms.bspline import BSPLINE_GRIDS
 
 # Loader workers are spawned processes that import this file again, as "__mp_main__", before they unpickle
 # their sample maker (from dataset.py). They need no Keras: leaving it (and TensorFlow) out saves each worker
 # about 0.3 GB and seconds of start-up.
 if __name__ != "__mp_main__":
-    with quiet_tensorflow_start():
+    from utils.runtime import configure_graph_optimizer, jit_compile, quiet_tensorflow_start
+
+    with quiet_tensorflow_start():  # quiet C++ logs, oneDNN kernels
         import keras
 
     from network import NETWORKS, build_network

@@ -38,10 +38,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.runtime import configure_tensorflow, quiet_tensorflow_start
+from utils.runtime import quiet_tensorflow_start
 
-configure_tensorflow()  # before TensorFlow loads (quiet C++ logs, oneDNN kernels)
-with quiet_tensorflow_start():
+with quiet_tensorflow_start():  # quiet C++ logs, oneDNN kernels
     import keras
 
 import numpy as np  # noqa: E402

@@ -26,10 +26,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from utils.runtime import configure_tensorflow, quiet_tensorflow_start
+from utils.runtime import quiet_tensorflow_start
 
-configure_tensorflow()  # before TensorFlow loads (quiet C++ logs, oneDNN kernels)
-with quiet_tensorflow_start():
+with quiet_tensorflow_start():  # quiet C++ logs, oneDNN kernels
     import keras  # noqa: F401  (TensorFlow's start, without its notices)
 
 import numpy as np  # noqa: E402

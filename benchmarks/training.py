@@ -35,10 +35,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from utils.runtime import configure_graph_optimizer, configure_tensorflow, jit_compile, quiet_tensorflow_start
+from utils.runtime import configure_graph_optimizer, jit_compile, quiet_tensorflow_start
 
-configure_tensorflow()  # before TensorFlow loads (quiet C++ logs, oneDNN kernels)
-with quiet_tensorflow_start():
+with quiet_tensorflow_start():  # quiet C++ logs, oneDNN kernels
     import keras
 
 import numpy as np  # noqa: E402

@@ -1,7 +1,8 @@
 """How TensorFlow runs here: the environment it must find when it loads, and whether steps use XLA.
 
-`configure_tensorflow` must run before anything imports TensorFlow (or Keras on its TensorFlow backend); the
-entry points (main.py, predict.py, the benchmarks, the tests) call it first. A variable the user has set
+`configure_tensorflow` must run before anything imports TensorFlow (or Keras on its TensorFlow backend): the
+entry points (main.py, predict.py, the benchmarks) import Keras inside `quiet_tensorflow_start`, which calls
+it, and the tests call it first. A variable the user has set
 is never changed, so ``TF_ENABLE_ONEDNN_OPTS=0 python main.py`` still runs TensorFlow's Eigen kernels.
 """
 
@@ -37,7 +38,8 @@ _START_UP_NOISE = ("All log messages before absl::InitializeLog() is called are 
 
 @contextlib.contextmanager
 def quiet_tensorflow_start() -> Iterator[None]:
-    """Import TensorFlow (or Keras) inside this block to drop its start-up notices (`_START_UP_NOISE`).
+    """Import TensorFlow (or Keras) inside this block: it sets the environment first (`configure_tensorflow`)
+    and drops TensorFlow's start-up notices (`_START_UP_NOISE`).
 
     Everything else written to file descriptor 2 meanwhile is forwarded line by line as it comes, so a
     crash while importing still shows its message. Nothing is filtered when the user asked for TensorFlow's
@@ -45,6 +47,7 @@ def quiet_tensorflow_start() -> Iterator[None]:
     imports: a process started inside the block would inherit the pipe as its stderr, and the block would
     wait for it to end.
     """
+    configure_tensorflow()
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") < "2" or sys.stderr is None:  # None: fd 2 was closed
         yield
         return
