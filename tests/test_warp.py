@@ -140,6 +140,17 @@ def test_warp_rejects_mismatched_source_and_out():
         warp(WarpSource.from_array(np.zeros((12, 10)), geometry), transform, out=np.zeros((8, 8)))
 
 
+def test_warp_source_refuses_an_image_beyond_the_kernels_32_bit_offsets(monkeypatch):
+    """The kernels' voxel offsets are 32-bit: a larger (padded) source is refused with its shape, not read
+    out of bounds. The limit is lowered here so that the test needs no 8 GB array."""
+    import utils.transforms.warp as warp_module
+
+    monkeypatch.setattr(warp_module, "_MAX_PADDED_VOXELS", 16 * 14 - 1)
+    WarpSource.from_array(np.zeros((11, 9)), Geometry.grid((9, 11)))  # 15 x 13 padded: fits
+    with pytest.raises(ValueError, match=r"an image of \(12, 10\) voxels is too large"):
+        WarpSource.from_array(np.zeros((12, 10)), Geometry.grid((10, 12)))
+
+
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("size", [127, 128])
 def test_border_rule_holds_to_the_last_float_step(size, dim):
