@@ -174,3 +174,21 @@ def test_border_rule_holds_to_the_last_float_step(size, dim):
             out = np.zeros((1,) * dim, np.float32)
             kernel(source.padded, index_map, *no_deformation, coefficients, out)
             assert out.item() == expected, (axis, coordinate)
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 3, 4, 5, 7])
+def test_row_coordinates_add_the_affine_part_and_every_node(nodes):
+    """The compiled row pass groups the first four B-spline nodes with the affine part: with fewer nodes
+    nothing is read beyond them (NaN lies there), with more every further node is added."""
+    from utils.transforms.warp import _row_coordinates
+
+    rng = np.random.default_rng(nodes)
+    width = 37
+    index_map, base = rng.normal(size=(3, 4)), rng.normal(size=3)
+    beyond = np.full((nodes + 4, width), np.nan)
+    beyond[:nodes] = rng.normal(size=(nodes, width))
+    weights_x, row = beyond[:nodes], rng.normal(size=(nodes, 3))
+    coordinates = np.empty((3, width))
+    _row_coordinates(coordinates, index_map, base, weights_x, row, np.arange(width, dtype=np.float64))
+    expected = index_map[:, :1] * np.arange(width) + base[:, None] + row.T @ weights_x
+    np.testing.assert_allclose(coordinates, expected, rtol=1e-12, atol=1e-12)

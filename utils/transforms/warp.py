@@ -179,18 +179,26 @@ def _row_coordinates(coordinates, index_map, base, weights_x, row, columns):
 
     `base[a]` is the affine part at x = 0, `weights_x` the (nodes, width) B-spline weights along x, `row`
     the (nodes, dim) coefficients of this row after contracting the other axes, and `columns` the column
-    indices as float64 (AVX2 cannot convert 64-bit integers in vectors: with the integer loop index the
-    affine pass was scalar, and the 3D kernel 1.1-1.2x slower).
+    indices as float64 (AVX2 converts no 64-bit integers in vectors). One pass over the row adds the affine
+    part and the first four nodes' terms (with fewer nodes, the last one's weights times zero), one more
+    pass each further node: for 4 nodes one pass instead of five, each loading and storing the row, made
+    the 3D kernel 1.1x faster (benchmarks/README.md, issue 9).
     """
+    last = weights_x.shape[0] - 1
+    k1, k2, k3 = min(1, last), min(2, last), min(3, last)
     for a in range(coordinates.shape[0]):
         step, start = index_map[a, 0], base[a]
+        r0 = row[0, a]
+        r1 = row[1, a] if last >= 1 else 0.0
+        r2 = row[2, a] if last >= 2 else 0.0
+        r3 = row[3, a] if last >= 3 else 0.0
         for x in range(coordinates.shape[1]):
-            coordinates[a, x] = step * columns[x] + start
-        for k in range(weights_x.shape[0]):
+            coordinates[a, x] = (step * columns[x] + start + weights_x[0, x] * r0 + weights_x[k1, x] * r1
+                                 + weights_x[k2, x] * r2 + weights_x[k3, x] * r3)
+        for k in range(4, last + 1):
             r = row[k, a]
-            if r != 0.0:
-                for x in range(coordinates.shape[1]):
-                    coordinates[a, x] += weights_x[k, x] * r
+            for x in range(coordinates.shape[1]):
+                coordinates[a, x] += weights_x[k, x] * r
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=True)
