@@ -29,6 +29,7 @@ import numpy as np
 import psutil
 
 from utils.io.atomic import write_json_atomic
+from utils.runtime import quiet_tensorflow_start
 
 __all__ = [
     "PeakMemory",
@@ -156,7 +157,9 @@ class PeakMemory:
 
 
 def _backend() -> str:
-    import keras
+    """The Keras backend's name; a benchmark that has not loaded Keras yet (the loader's) loads it quietly."""
+    with quiet_tensorflow_start():
+        import keras
 
     return keras.backend.backend()
 

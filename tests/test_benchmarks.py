@@ -107,6 +107,27 @@ def test_loader_quick_writes_results(tmp_path):
         assert result["throughput"][1]["worker_peak_rss_mb"] > 0
 
 
+def test_warp_quick_compares_with_a_revision_and_refuses_an_unknown_one(tmp_path):
+    import subprocess
+
+    from benchmarks import warp
+
+    if subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: no earlier revision to compare with")
+    output = tmp_path / "warp.json"
+    warp.main(["--quick", "--against", "HEAD", "--cache", str(tmp_path / "data"), "--output", str(output)])
+    results = _read_json(output)["results"]
+    unchanged = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", warp.KERNEL_PATH]).returncode == 0
+    for name in ("hand", "volume"):
+        assert results[name]["transforms"] == 6 and len(results[name]["speedup_per_round"]) == 2
+        assert results[name]["earlier_ms"] > 0 and results[name]["now_ms"] > 0
+        if unchanged:  # the same kernel twice
+            assert results[name]["max_abs_difference"] == 0.0
+    with pytest.raises(SystemExit, match="git cannot show utils/transforms/warp.py at 'no-such-revision'"):
+        warp.main(["--quick", "--against", "no-such-revision", "--output", str(tmp_path / "never.json")])
+    assert not (tmp_path / "never.json").exists()
+
+
 def test_authors_without_their_code_says_why_and_measures_nothing(tmp_path, capsys):
     from benchmarks import authors
 
