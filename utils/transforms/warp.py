@@ -94,16 +94,18 @@ class WarpSource:
     padded: np.ndarray
     geometry: Geometry
 
+    def __post_init__(self) -> None:
+        if self.padded.size > _MAX_PADDED_VOXELS:  # however it was made: the kernels' offsets are 32-bit
+            raise ValueError(f"WarpSource: an image of {self.geometry.shape} voxels is too large to resample "
+                             f"(at most {_MAX_PADDED_VOXELS} voxels with the padding); reduce it first, e.g. "
+                             f"with block_average")
+
     @classmethod
     def from_array(cls, array: np.ndarray, geometry: Geometry, default_value: float = 0.0) -> WarpSource:
         """Pads `array` (shape `geometry.shape`, any real dtype); `default_value` is the value outside it."""
         if array.shape != geometry.shape:
             raise ValueError(f"WarpSource: array shape {array.shape} does not match its {geometry.dim}-D "
                              f"geometry {geometry.shape}")
-        if math.prod(n + 4 for n in array.shape) > _MAX_PADDED_VOXELS:
-            raise ValueError(f"WarpSource: an image of {array.shape} voxels is too large to resample "
-                             f"(at most {_MAX_PADDED_VOXELS} voxels with the padding); reduce it first, e.g. "
-                             f"with block_average")
         edged = np.pad(np.asarray(array, dtype=np.float32), 1, mode="edge")
         # C order: the compiled kernel indexes the flattened array (np.pad keeps a transposed input's order)
         padded = np.pad(edged, 1, constant_values=np.float32(default_value))
